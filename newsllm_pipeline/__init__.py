@@ -1,0 +1,1 @@
+"""newsllm_pipeline: Dagster pipelines for newsrooms that run their own LLMs."""

@@ -1,0 +1,92 @@
+"""Categoriser on ExLlamaV2 (CUDA only): EXL2, GPTQ or FP16 Llama-family folders.
+
+Imported only when the `exllamav2` backend is chosen: `import exllamav2` JIT-compiles CUDA kernels
+and fails where torch has no CUDA. Install with the `gpu` extra.
+
+The prompt prefix is run once into the cache; for each item the cache is rewound to the prefix, the
+item is appended, and each category's tokens are evaluated from the item's end, so every category
+gets its exact log-likelihood, as in the transformers backend (the same trie maths).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .labels import CategorizationError, LabelScoringCategorizer, Prediction
+from .prompt import DEFAULT_CATEGORIES
+
+
+class ExLlamaV2Categorizer(LabelScoringCategorizer):
+    def __init__(
+        self,
+        model_dir: str,
+        categories: Sequence[str] = DEFAULT_CATEGORIES,
+        gpu_split: Sequence[float] | None = None,
+        cache_type: str = "fp16",
+        max_seq_len: int = 4096,
+        max_item_tokens: int = 96,
+        batch_size: int = 16,
+    ):
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                "the exllamav2 backend needs a CUDA GPU and a CUDA build of torch; "
+                "use backend 'transformers' on CPU"
+            )
+        try:
+            from exllamav2 import ExLlamaV2, ExLlamaV2Cache, ExLlamaV2Cache_Q4, ExLlamaV2Config
+        except ImportError as error:
+            raise RuntimeError(f"exllamav2 is not usable here ({error}); install the `gpu` extra") from error
+        from transformers import AutoTokenizer
+
+        if cache_type not in ("fp16", "q4"):
+            raise ValueError(f"unknown cache_type {cache_type!r}: use 'fp16' or 'q4'")
+        self.categories = tuple(categories)
+        self.max_item_tokens = max_item_tokens
+        self.batch_size = batch_size
+        config = ExLlamaV2Config(model_dir)
+        config.max_seq_len = max_seq_len
+        self.model = ExLlamaV2(config)
+        cache_class = ExLlamaV2Cache_Q4 if cache_type == "q4" else ExLlamaV2Cache
+        if gpu_split:
+            self.model.load(list(gpu_split))
+            self.cache = cache_class(self.model, max_seq_len=max_seq_len)
+        else:
+            self.cache = cache_class(self.model, max_seq_len=max_seq_len, lazy=True)
+            self.model.load_autosplit(self.cache)
+        # The HF tokenizer of the same folder renders the chat template; ids are the same vocabulary.
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self._prepare()
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        """Append `ids` to the cache and return their log-probs [len(ids), vocab]."""
+        logits = self.model.forward(torch.tensor([ids]), self.cache, last_id_only=False)
+        return torch.log_softmax(logits[0].float(), dim=-1)
+
+    @torch.inference_mode()
+    def _encode_prefix(self, prefix_ids: list[int]) -> None:
+        self.cache.current_seq_len = 0
+        self.model.forward(torch.tensor([prefix_ids]), self.cache, preprocess_only=True)
+        self._prefix_len = len(prefix_ids)
+
+    @torch.inference_mode()
+    def _score_batch(self, items: list[list[int]]) -> list[Prediction | CategorizationError]:
+        scores = []
+        for ids in items:
+            self.cache.current_seq_len = self._prefix_len
+            item_end = self._prefix_len + len(ids)
+            last = self._forward(ids)[-1]
+            logprobs = torch.empty(1 + len(self.trie.nodes), last.shape[-1])
+            logprobs[0] = last.cpu()
+            for row in range(len(self.trie.labels)):
+                steps = int(self.trie.valid[row].sum())
+                if steps < 2:
+                    continue
+                self.cache.current_seq_len = item_end
+                label_tokens = self.trie.targets[row, : steps - 1].tolist()
+                continuation = self._forward(label_tokens).cpu()
+                for step in range(1, steps):
+                    logprobs[self.trie.sources[row, step]] = continuation[step - 1]
+            scores.append(self.trie.label_scores(logprobs[None])[0])
+        return self.trie.predictions(torch.stack(scores))

@@ -1,0 +1,95 @@
+"""What the categoriser asks the model, shared by every backend.
+
+The prompt is a few-shot conversation in the model's own chat template. Everything before the item
+is identical for all items (the prefix), so backends encode it once and reuse its key/value cache;
+each item adds only its own text and the assistant turn's opening.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+DEFAULT_CATEGORIES = (
+    "Política",
+    "Economía",
+    "Tecnología",
+    "Ciencia",
+    "Salud",
+    "Deportes",
+    "Entretenimiento",
+    "Internacional",
+    "Nacional",
+    "Sociedad",
+    "Cultura",
+    "Medio Ambiente",
+    "Educación",
+    "Seguridad",
+    "Otros",
+)
+
+# One short headline per default category, in mixed order so position carries no label signal.
+FEW_SHOT_EXAMPLES = (
+    ("El IPC se modera al 2,1 % en octubre por el abaratamiento de la electricidad", "Economía"),
+    ("Astrónomos detectan vapor de agua en la atmósfera de un exoplaneta templado", "Ciencia"),
+    ("El Congreso aprueba la reforma de la ley electoral con el apoyo de cinco grupos", "Política"),
+    ("El Betis remonta en el descuento y se mete en los cuartos de final de la Copa", "Deportes"),
+    ("Detenidos tres hombres por una oleada de robos en viviendas de Alicante", "Seguridad"),
+    ("Francia y Alemania acuerdan un plan conjunto de defensa europea", "Internacional"),
+    ("Sanidad amplía la vacunación contra la gripe a los mayores de 60 años", "Salud"),
+    ("Crece el número de jóvenes que comparten piso hasta los 35 años", "Sociedad"),
+    ("Una empresa valenciana lanza un chip de inteligencia artificial de bajo consumo", "Tecnología"),
+    ("El Museo del Prado dedica una gran exposición a Sorolla", "Cultura"),
+    ("La sequía deja los embalses del Guadalquivir al 20 % de su capacidad", "Medio Ambiente"),
+    ("La nueva temporada de la serie más vista del año bate récords de audiencia", "Entretenimiento"),
+    ("Los alumnos de primaria mejoran en comprensión lectora según el informe PIRLS", "Educación"),
+    ("Renfe recupera el servicio de Cercanías en toda España tras la avería de la mañana", "Nacional"),
+    ("Un hombre encuentra en su jardín un anillo que perdió hace 40 años", "Otros"),
+)
+
+SYSTEM_PROMPT = (
+    "Eres un editor de un periódico. Clasifica cada noticia en exactamente una de estas categorías: "
+    "{categories}. Responde solo con el nombre de la categoría."
+)
+
+_ITEM_PLACEHOLDER = "\x00NOTICIA\x00"
+
+
+def item_text(titulo: str | None, resumen: str | None) -> str:
+    """The text the model reads for one news item: headline, then summary."""
+    return "\n".join(part.strip() for part in (titulo, resumen) if part and part.strip())
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """The chat-templated prompt split around the item: prefix + item text + suffix."""
+
+    prefix: str
+    suffix: str
+
+
+def build_prompt(tokenizer, categories: Sequence[str], examples=FEW_SHOT_EXAMPLES) -> PromptParts:
+    """Render the few-shot conversation with the tokenizer's chat template and split it at the item."""
+    messages = [{"role": "system", "content": SYSTEM_PROMPT.format(categories=", ".join(categories))}]
+    for text, label in examples:
+        if label in categories:
+            messages += [{"role": "user", "content": text}, {"role": "assistant", "content": label}]
+    messages.append({"role": "user", "content": _ITEM_PLACEHOLDER})
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prefix, suffix = rendered.split(_ITEM_PLACEHOLDER)
+    return PromptParts(prefix=prefix, suffix=suffix)
+
+
+def _fold(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def parse_category(answer: str, categories: Sequence[str]) -> str | None:
+    """The category a free-form answer names (accent- and case-insensitive), or None.
+
+    The earliest mention wins, so "Política, no Economía" is Política."""
+    folded = _fold(answer)
+    found = [(folded.find(_fold(c)), c) for c in categories if _fold(c) in folded]
+    return min(found)[1] if found else None

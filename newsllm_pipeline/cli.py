@@ -1,0 +1,161 @@
+"""`newsllm`: the pipeline's pieces without the Dagster UI (quick checks, evaluation, the demo)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import settings
+
+
+def _database_option(function):
+    return click.option(
+        "--url", "database_url", default=None, help="SQLAlchemy URL (default: NEWSLLM_DATABASE_URL or SQLite in data/)"
+    )(function)
+
+
+def _engine(database_url: str | None):
+    from . import db
+
+    return db.create_db_engine(database_url or settings.database_url())
+
+
+@click.group()
+def main():
+    """newsllm_pipeline: categorise news and specialise LLMs on your own hardware."""
+
+
+@main.group()
+def models():
+    """Base models."""
+
+
+@models.command("prepare")
+@click.option("--out", type=click.Path(path_type=Path), default=settings.DEFAULT_MODEL_DIR, show_default=True)
+@click.option("--force", is_flag=True, help="Convert again even if the folder exists")
+def models_prepare(out: Path, force: bool):
+    """Turn the packaged SmolLM2-135M-Instruct GGUF into a transformers folder (once)."""
+    from .models import prepare_base_model
+
+    click.echo(f"base model ready: {prepare_base_model(out, force=force)}")
+
+
+@main.group("db")
+def database():
+    """The noticias database."""
+
+
+@database.command("upgrade")
+@_database_option
+def db_upgrade(database_url):
+    """Create the noticias table, or add the columns an existing one lacks (data untouched)."""
+    from . import db
+
+    changes = db.upgrade(_engine(database_url))
+    click.echo("\n".join(changes) if changes else "noticias is up to date")
+
+
+@main.command()
+@click.argument("feeds", nargs=-1, required=True)
+@_database_option
+def ingest(feeds, database_url):
+    """Read RSS/Atom FEEDS (URLs or files) into noticias, skipping known urls."""
+    from . import db
+    from .feeds import ingest_feeds
+
+    engine = _engine(database_url)
+    db.upgrade(engine)
+    reports = ingest_feeds(engine, feeds)
+    for report in reports:
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
+        if report.error:
+            click.echo(f"error: {report.error}", err=True)
+        else:
+            click.echo(f"{report.source}: {report.items} items, {report.new} new")
+    sys.exit(1 if any(report.error for report in reports) else 0)
+
+
+@main.command()
+@click.argument("input_path", metavar="IN.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--model", "model_dir", default=None, help="Model folder (default: NEWSLLM_MODEL_DIR or the packaged model)")
+@click.option("--adapter", "adapter_dir", default=None, help="LoRA adapter folder")
+@click.option("--backend", default="transformers", type=click.Choice(["transformers", "exllamav2"]))
+@click.option("--device", default="auto")
+@click.option("--batch-size", default=16, show_default=True)
+def categorize(input_path, output_path, model_dir, adapter_dir, backend, device, batch_size):
+    """Categorise IN.jsonl (lines with titulo and resumen; other fields pass through) into --out,
+    adding categoria and confianza (or error). The output file appears only when complete."""
+    from tqdm import tqdm
+
+    from .categorizer import Prediction, item_text
+    from .resources.categorizer import CategorizerResource
+
+    records = [json.loads(line) for line in input_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    categorizer = CategorizerResource(
+        backend=backend, model_dir=model_dir or settings.model_dir(), adapter_dir=adapter_dir, device=device,
+        batch_size=batch_size,
+    )
+    categorizer.load()
+    chunk = batch_size * 4
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = output_path.with_name(output_path.name + ".partial")
+    failed = 0
+    with partial.open("w", encoding="utf-8") as out, tqdm(total=len(records), unit="item", desc="categorising") as bar:
+        for start in range(0, len(records), chunk):
+            batch = records[start : start + chunk]
+            texts = [item_text(record.get("titulo"), record.get("resumen")) for record in batch]
+            for record, result in zip(batch, categorizer.categorize(texts), strict=True):
+                if isinstance(result, Prediction):
+                    record.update(categoria=result.categoria, confianza=result.confianza)
+                else:
+                    record.update(categoria=None, confianza=None, error=str(result))
+                    failed += 1
+                out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            bar.update(len(batch))
+    partial.replace(output_path)
+    click.echo(f"{len(records) - failed} categorised, {failed} failed -> {output_path}")
+
+
+@main.command()
+@click.option("--categoria", default=None, help="Only items of this category")
+@click.option("--below", "max_confianza", type=float, default=None, help="Only items with confidence below this")
+@click.option("--since", type=click.DateTime(), default=None, help="Only items published on or after")
+@click.option("--until", type=click.DateTime(), default=None, help="Only items published before")
+@_database_option
+def reprocess(categoria, max_confianza, since, until, database_url):
+    """Reset categorised noticias so the sensor categorises them again."""
+    from . import db
+
+    selection = db.Selection(categoria=categoria, max_confianza=max_confianza, fecha_desde=since, fecha_hasta=until)
+    click.echo(f"reset {db.reset_for_reprocessing(_engine(database_url), selection)} noticias")
+
+
+@main.command()
+@_database_option
+def status(database_url):
+    """How many noticias are categorised, pending, failed."""
+    from . import db
+
+    counts = db.status_counts(_engine(database_url), int(settings.env("MAX_ATTEMPTS", "3")))
+    click.echo("  ".join(f"{key}={value}" for key, value in counts.items()))
+
+
+@main.command()
+def demo():
+    """Ingest the sample feeds and categorise them through the Dagster sensor and job, then show the
+    statistics. Uses the local Dagster instance, so `make dev` shows the runs afterwards."""
+    from .demo import run_demo
+
+    os.environ.setdefault("DAGSTER_HOME", str(settings.PROJECT_HOME / "dagster_home"))
+    run_demo(echo=click.echo, started=dt.datetime.now())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,329 @@
+"""The `noticias` table and every statement the pipeline runs on it (PostgreSQL and SQLite).
+
+The table is compatible with the original RSS2 system: the feed reader's columns plus the four
+`llm_*` result columns. The claim/lease columns let many runs work one backlog without ever taking
+the same row twice, and the failure columns keep an item's error and attempt count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+metadata = sa.MetaData()
+
+# SQLite only auto-increments INTEGER PRIMARY KEY, PostgreSQL wants BIGINT for a growing news table.
+_id_type = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+noticias = sa.Table(
+    "noticias",
+    metadata,
+    sa.Column("id", _id_type, primary_key=True, autoincrement=True),
+    sa.Column("titulo", sa.Text, nullable=False),
+    sa.Column("resumen", sa.Text),
+    sa.Column("url", sa.String(2048), nullable=False, unique=True),
+    sa.Column("fecha", sa.DateTime),
+    sa.Column("fuente", sa.String(255)),
+    sa.Column("feed", sa.String(2048)),
+    # The feed's own category tags, "|"-joined: a weak label for training the categoriser.
+    sa.Column("feed_categorias", sa.Text),
+    sa.Column("ingested_at", sa.DateTime),
+    sa.Column("llm_categoria", sa.String(64)),
+    sa.Column("llm_confianza", sa.Float),
+    sa.Column("llm_processed", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("llm_processed_at", sa.DateTime),
+    # Failure tracking: attempts that ended in an error on this item, and the last error.
+    sa.Column("llm_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("llm_error", sa.Text),
+    # Claim lease: the run that holds the row and since when (expired leases are claimable again).
+    sa.Column("llm_claimed_by", sa.String(64)),
+    sa.Column("llm_claimed_at", sa.DateTime),
+)
+
+sa.Index(
+    "ix_noticias_unprocessed",
+    noticias.c.id,
+    postgresql_where=noticias.c.llm_processed.is_(False),
+    sqlite_where=noticias.c.llm_processed.is_(False),
+)
+
+LLM_COLUMNS = ("llm_categoria", "llm_confianza", "llm_processed", "llm_processed_at")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def create_db_engine(url: str) -> Engine:
+    """An engine that gives every transaction the isolation the claim needs.
+
+    SQLite has no row locks: a transaction that starts with BEGIN IMMEDIATE holds the database's
+    write lock, so two claims are serialised (the other waits up to `timeout` seconds).
+    """
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_connection, _record):
+            dbapi_connection.isolation_level = None  # let SQLAlchemy's BEGIN below be the only one
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+
+        @sa.event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def upgrade(engine: Engine) -> list[str]:
+    """Create `noticias`, or add the columns and index an existing table lacks. Never drops or
+    rewrites data. Returns what was changed, for the log."""
+    inspector = sa.inspect(engine)
+    if not inspector.has_table("noticias"):
+        metadata.create_all(engine)
+        return ["created table noticias"]
+    changes = []
+    existing = {col["name"] for col in inspector.get_columns("noticias")}
+    with engine.begin() as conn:
+        for column in noticias.columns:
+            if column.name in existing:
+                continue
+            ddl_type = column.type.compile(dialect=engine.dialect)
+            default = ""
+            if column.server_default is not None:
+                default = " DEFAULT " + str(
+                    column.server_default.arg.compile(dialect=engine.dialect)
+                    if hasattr(column.server_default.arg, "compile")
+                    else column.server_default.arg
+                )
+            not_null = " NOT NULL" if not column.nullable and default else ""
+            conn.exec_driver_sql(f"ALTER TABLE noticias ADD COLUMN {column.name} {ddl_type}{default}{not_null}")
+            changes.append(f"added column {column.name}")
+    index_names = {ix["name"] for ix in sa.inspect(engine).get_indexes("noticias")}
+    for index in noticias.indexes:
+        if index.name not in index_names:
+            index.create(engine)
+            changes.append(f"created index {index.name}")
+    return changes
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    id: int
+    titulo: str
+    resumen: str | None
+
+
+@dataclass(frozen=True)
+class Categorized:
+    id: int
+    categoria: str
+    confianza: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    id: int
+    error: str
+
+
+def _claimable(max_attempts: int, lease: dt.timedelta, now: dt.datetime):
+    return sa.and_(
+        noticias.c.llm_processed.is_(False),
+        noticias.c.llm_attempts < max_attempts,
+        sa.or_(noticias.c.llm_claimed_at.is_(None), noticias.c.llm_claimed_at < now - lease),
+    )
+
+
+def count_claimable(engine: Engine, max_attempts: int, lease: dt.timedelta) -> int:
+    with engine.connect() as conn:
+        query = sa.select(sa.func.count()).select_from(noticias).where(_claimable(max_attempts, lease, utcnow()))
+        return conn.execute(query).scalar_one()
+
+
+def claim_batch(
+    engine: Engine, claimant: str, size: int, max_attempts: int, lease: dt.timedelta
+) -> list[ClaimedItem]:
+    """Atomically take up to `size` claimable rows for `claimant` (a run id), oldest first.
+
+    PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent claims take disjoint rows without waiting.
+    SQLite: the transaction holds the write lock from its BEGIN IMMEDIATE.
+    """
+    now = utcnow()
+    candidates = (
+        sa.select(noticias.c.id)
+        .where(_claimable(max_attempts, lease, now))
+        .order_by(noticias.c.id)
+        .limit(size)
+    )
+    if engine.dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    claim = (
+        sa.update(noticias)
+        .where(noticias.c.id.in_(candidates.scalar_subquery()))
+        .values(llm_claimed_by=claimant, llm_claimed_at=now)
+        .returning(noticias.c.id, noticias.c.titulo, noticias.c.resumen)
+    )
+    with engine.begin() as conn:
+        rows = conn.execute(claim).all()
+    return sorted((ClaimedItem(*row) for row in rows), key=lambda item: item.id)
+
+
+def record_results(
+    engine: Engine, claimant: str, categorized: Sequence[Categorized], failed: Sequence[Failed]
+) -> int:
+    """Write a batch's outcome in one transaction: all rows or none. Only rows still held by
+    `claimant` are written (a row whose lease expired and was taken by another run is left to it).
+    Returns the number of rows written."""
+    now = utcnow()
+    mine = sa.and_(noticias.c.id == sa.bindparam("row_id"), noticias.c.llm_claimed_by == claimant)
+    written = 0
+    with engine.begin() as conn:
+        if categorized:
+            result = conn.execute(
+                sa.update(noticias)
+                .where(mine)
+                .values(
+                    llm_categoria=sa.bindparam("categoria"),
+                    llm_confianza=sa.bindparam("confianza"),
+                    llm_processed=True,
+                    llm_processed_at=now,
+                    llm_error=None,
+                    llm_claimed_by=None,
+                    llm_claimed_at=None,
+                ),
+                [{"row_id": c.id, "categoria": c.categoria, "confianza": c.confianza} for c in categorized],
+            )
+            written += result.rowcount
+        if failed:
+            result = conn.execute(
+                sa.update(noticias)
+                .where(mine)
+                .values(
+                    llm_attempts=noticias.c.llm_attempts + 1,
+                    llm_error=sa.bindparam("error"),
+                    llm_claimed_by=None,
+                    llm_claimed_at=None,
+                ),
+                [{"row_id": f.id, "error": f.error[:2000]} for f in failed],
+            )
+            written += result.rowcount
+    return written
+
+
+def release_claims(engine: Engine, claimant: str) -> int:
+    """Give back every row `claimant` still holds, untouched, so the next run takes them."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.update(noticias)
+            .where(noticias.c.llm_claimed_by == claimant)
+            .values(llm_claimed_by=None, llm_claimed_at=None)
+        )
+    return result.rowcount
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which categorised rows to reset for re-categorisation. Empty fields select everything."""
+
+    categoria: str | None = None
+    max_confianza: float | None = None
+    fecha_desde: dt.datetime | None = None
+    fecha_hasta: dt.datetime | None = None
+    include_failed: bool = True
+
+    def where(self):
+        clauses = []
+        if self.categoria is not None:
+            clauses.append(noticias.c.llm_categoria == self.categoria)
+        if self.max_confianza is not None:
+            clauses.append(noticias.c.llm_confianza < self.max_confianza)
+        if self.fecha_desde is not None:
+            clauses.append(noticias.c.fecha >= self.fecha_desde)
+        if self.fecha_hasta is not None:
+            clauses.append(noticias.c.fecha < self.fecha_hasta)
+        processed = noticias.c.llm_processed.is_(True)
+        if self.include_failed:
+            processed = sa.or_(processed, noticias.c.llm_attempts > 0)
+        return sa.and_(processed, *clauses)
+
+
+def reset_for_reprocessing(engine: Engine, selection: Selection) -> int:
+    """Clear the LLM columns and failure count of the selected rows; the sensor picks them up."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            sa.update(noticias)
+            .where(selection.where())
+            .values(
+                llm_categoria=None,
+                llm_confianza=None,
+                llm_processed=False,
+                llm_processed_at=None,
+                llm_attempts=0,
+                llm_error=None,
+            )
+        )
+    return result.rowcount
+
+
+def insert_new(engine: Engine, rows: Iterable[dict]) -> int:
+    """Insert feed items whose url is not in the table yet; returns how many were new.
+
+    Items are deduplicated by url among themselves first, and each insert skips a url that a
+    concurrent ingestion wrote meanwhile (ON CONFLICT DO NOTHING on both dialects).
+    """
+    by_url = {}
+    for row in rows:
+        by_url.setdefault(row["url"], row)
+    if not by_url:
+        return 0
+    if engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    now = utcnow()
+    with engine.begin() as conn:
+        known = set()
+        urls = list(by_url)
+        for start in range(0, len(urls), 500):
+            chunk = urls[start : start + 500]
+            known.update(conn.execute(sa.select(noticias.c.url).where(noticias.c.url.in_(chunk))).scalars())
+        new_rows = [{**row, "ingested_at": now} for url, row in by_url.items() if url not in known]
+        if new_rows:
+            conn.execute(insert(noticias).on_conflict_do_nothing(index_elements=["url"]), new_rows)
+    return len(new_rows)
+
+
+def fetch_categorized(engine: Engine) -> list[dict]:
+    """Every categorised row, for statistics and review."""
+    columns = [noticias.c.id, noticias.c.titulo, noticias.c.fuente, noticias.c.llm_categoria, noticias.c.llm_confianza]
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(*columns).where(noticias.c.llm_processed.is_(True)).order_by(noticias.c.id))
+        return [dict(row._mapping) for row in rows]
+
+
+def status_counts(engine: Engine, max_attempts: int) -> dict[str, int]:
+    """Backlog overview: processed, pending, failed-for-good, currently claimed."""
+    c = noticias.c
+    with engine.connect() as conn:
+        row = conn.execute(
+            sa.select(
+                sa.func.count(),
+                sa.func.count().filter(c.llm_processed.is_(True)),
+                sa.func.count().filter(sa.and_(c.llm_processed.is_(False), c.llm_attempts >= max_attempts)),
+                sa.func.count().filter(c.llm_claimed_by.is_not(None)),
+            ).select_from(noticias)
+        ).one()
+    total, processed, exhausted, claimed = row
+    return {
+        "total": total,
+        "processed": processed,
+        "pending": total - processed - exhausted,
+        "failed_permanently": exhausted,
+        "claimed": claimed,
+    }

@@ -1,0 +1,46 @@
+"""The one place that assembles the code location: assets, jobs, sensors, schedules, resources.
+
+Resource settings come from NEWSLLM_* environment variables where the site sets them (shown as
+such in the UI), else from the offline defaults: SQLite under data/ and the packaged tiny model.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from .assets import noticias as noticias_assets
+from .jobs.categorize import categorize_noticias_job, reprocess_noticias_job
+from .jobs.schedules import category_stats_job, category_stats_schedule, ingest_noticias_job, ingest_noticias_schedule
+from .jobs.sensors import build_uncategorized_noticias_sensor
+from .resources import CategorizerResource, NoticiasDatabase
+from .settings import DEFAULT_MODEL_DIR, default_database_url, env, site_setting
+
+
+def build_resources() -> dict:
+    adapter_dir = site_setting("ADAPTER_DIR", "")
+    return {
+        "noticias_db": NoticiasDatabase(
+            url=site_setting("DATABASE_URL", default_database_url()),
+            max_attempts=int(env("MAX_ATTEMPTS", "3")),
+        ),
+        "categorizer": CategorizerResource(
+            backend=site_setting("BACKEND", "transformers"),
+            model_dir=site_setting("MODEL_DIR", str(DEFAULT_MODEL_DIR)),
+            adapter_dir=adapter_dir or None,
+            device=site_setting("DEVICE", "auto"),
+        ),
+    }
+
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([noticias_assets]),
+    asset_checks=dg.load_asset_checks_from_modules([noticias_assets]),
+    jobs=[categorize_noticias_job, reprocess_noticias_job, ingest_noticias_job, category_stats_job],
+    sensors=[
+        build_uncategorized_noticias_sensor(
+            batch_size=int(env("BATCH_SIZE", "10")), max_runs_per_tick=int(env("MAX_RUNS_PER_TICK", "4"))
+        )
+    ],
+    schedules=[ingest_noticias_schedule, category_stats_schedule],
+    resources=build_resources(),
+)

@@ -1,0 +1,75 @@
+"""The LLM that categorises noticias, injected per job: backend, model folder, device, adapter."""
+
+
+import functools
+from collections.abc import Sequence
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from ..categorizer import DEFAULT_CATEGORIES, CategorizationError, Prediction
+from ..models import resolve_model_dir
+
+
+@functools.cache
+def load_categorizer(
+    backend, model_dir, adapter_dir, device, categories, method, max_item_tokens, batch_size, gpu_split, cache_type,
+    max_seq_len,
+):
+    """Load a categoriser backend once per process (demo and tests run many jobs in one process)."""
+    model_dir = resolve_model_dir(model_dir)
+    common = dict(categories=categories, max_item_tokens=max_item_tokens, batch_size=batch_size)
+    if backend == "transformers":
+        from ..categorizer.transformers_backend import TransformersCategorizer
+
+        return TransformersCategorizer(model_dir, adapter_dir=adapter_dir, device=device, method=method, **common)
+    if backend == "exllamav2":
+        if adapter_dir or method != "score":
+            raise ValueError("the exllamav2 backend scores categories only and takes no adapter_dir")
+        from ..categorizer.exllamav2_backend import ExLlamaV2Categorizer
+
+        return ExLlamaV2Categorizer(
+            model_dir, gpu_split=gpu_split, cache_type=cache_type, max_seq_len=max_seq_len, **common
+        )
+    raise ValueError(f"unknown categoriser backend {backend!r}: use 'transformers' or 'exllamav2'")
+
+
+class CategorizerResource(dg.ConfigurableResource):
+    """Loads the model once per process (in `setup_for_execution`) and categorises texts in batches.
+
+    backend `transformers` runs any HF causal-LM folder on CPU or CUDA; `exllamav2` runs EXL2, GPTQ or
+    FP16 folders on CUDA only (the `gpu` extra).
+    """
+
+    backend: str = Field(default="transformers", description="'transformers' or 'exllamav2'")
+    model_dir: str = Field(description="A Hugging Face model folder (or a hub id where there is internet)")
+    adapter_dir: str | None = Field(default=None, description="A PEFT LoRA adapter folder (transformers only)")
+    device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'…")
+    categories: list[str] = Field(default=list(DEFAULT_CATEGORIES))
+    method: str = Field(
+        default="score",
+        description="'score': likelihood of every category (always a valid answer, calibrated among the "
+        "categories); 'generate': the original free-form answer, parsed (transformers only)",
+    )
+    max_item_tokens: int = Field(default=96, description="Item text is cut to this many tokens")
+    batch_size: int = Field(default=16, description="Items per forward pass")
+    gpu_split: list[float] | None = Field(default=None, description="exllamav2: GB per GPU; None = autosplit")
+    cache_type: str = Field(default="fp16", description="exllamav2 KV cache: 'fp16' or 'q4'")
+    max_seq_len: int = Field(default=4096, description="exllamav2 cache length")
+
+    _categorizer = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.load()
+
+    def load(self):
+        """The backend: loaded on first use, shared by every resource of the same settings in this process."""
+        if self._categorizer is None:
+            settings = self.model_dump()
+            settings["categories"] = tuple(self.categories)
+            settings["gpu_split"] = tuple(self.gpu_split) if self.gpu_split else None
+            self._categorizer = load_categorizer(**settings)
+        return self._categorizer
+
+    def categorize(self, texts: Sequence[str]) -> list[Prediction | CategorizationError]:
+        return self.load().categorize(texts)

@@ -1,0 +1,58 @@
+"""Site settings: environment variables with the NEWSLLM_ prefix, with defaults that work offline.
+
+Every default points inside the project folder (`NEWSLLM_HOME`, the checkout by default), so a fresh
+clone runs with SQLite, the packaged tiny model and the sample feeds and nothing configured.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+ENV_PREFIX = "NEWSLLM_"
+
+
+def _default_home() -> Path:
+    checkout = Path(__file__).resolve().parent.parent
+    return checkout if (checkout / "pyproject.toml").exists() else Path.cwd()
+
+
+PROJECT_HOME = Path(os.environ.get("NEWSLLM_HOME", _default_home())).resolve()
+DEFAULT_MODEL_DIR = PROJECT_HOME / "models" / "base" / "SmolLM2-135M-Instruct"
+DEFAULT_FEEDS_GLOB = str(PROJECT_HOME / "data" / "feeds" / "*.xml")
+
+
+def default_database_url() -> str:
+    return f"sqlite:///{PROJECT_HOME / 'data' / 'newsllm.db'}"
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    """Read NEWSLLM_<name> from the environment."""
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+def site_setting(name: str, default: str) -> str | dg.EnvVar:
+    """A resource field value: the environment variable when the site sets it (shown as such in the
+    Dagster UI and read at run time), else the offline default."""
+    return dg.EnvVar(ENV_PREFIX + name) if ENV_PREFIX + name in os.environ else default
+
+
+def database_url() -> str:
+    return env("DATABASE_URL") or default_database_url()
+
+
+def model_dir() -> str:
+    return env("MODEL_DIR") or str(DEFAULT_MODEL_DIR)
+
+
+def feed_sources() -> list[str]:
+    """NEWSLLM_FEEDS: feed URLs, files or globs separated by commas or whitespace (default: the samples)."""
+    import glob
+
+    sources = []
+    for entry in (env("FEEDS") or DEFAULT_FEEDS_GLOB).replace(",", " ").split():
+        matches = sorted(glob.glob(entry)) if any(ch in entry for ch in "*?[") else [entry]
+        sources.extend(matches)
+    return sources

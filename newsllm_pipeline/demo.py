@@ -12,6 +12,8 @@ from . import db
 from .settings import PROJECT_HOME, database_url
 
 LABELS_CSV = PROJECT_HOME / "data" / "feeds" / "labels.csv"
+# Dagster's console logger at INFO: the run's own messages without every engine event.
+QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def drain_backlog(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Callable[[str], None]) -> int:
@@ -19,15 +21,18 @@ def drain_backlog(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Call
     Returns the number of runs."""
     sensor = defs.resolve_sensor_def("uncategorized_noticias_sensor")
     job = defs.resolve_job_def("categorize_noticias_job")
+    sensor_resources = {"noticias_db": defs.resources["noticias_db"]}
     runs = 0
     while True:
-        tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources))
+        with dg.build_sensor_context(instance=instance, resources=sensor_resources) as context:
+            tick = sensor.evaluate_tick(context)
         if not tick.run_requests:
             echo(f"sensor: {tick.skip_message}")
             return runs
         echo(f"sensor: launching {len(tick.run_requests)} runs")
         for request in tick.run_requests:
-            result = job.execute_in_process(run_config=request.run_config, instance=instance, tags=request.tags)
+            run_config = {**request.run_config, **QUIET}
+            result = job.execute_in_process(run_config=run_config, instance=instance, tags=request.tags)
             output = result.output_for_node("categorize_batch")
             runs += 1
             echo(f"  run {result.run_id[:8]}: {output} noticias categorised")
@@ -47,7 +52,7 @@ def run_demo(echo: Callable[[str], None], started) -> None:
     echo(f"Dagster instance: {instance.root_directory}")
     database = defs.resources["noticias_db"]
     echo("1/3 reading the sample feeds into noticias")
-    ingest = defs.resolve_job_def("ingest_noticias_job").execute_in_process(instance=instance)
+    ingest = defs.resolve_job_def("ingest_noticias_job").execute_in_process(run_config=QUIET, instance=instance)
     materialization = ingest.asset_materializations_for_node("noticias")[0]
     echo(f"    {materialization.metadata['new_items'].value} new noticias")
 
@@ -57,7 +62,7 @@ def run_demo(echo: Callable[[str], None], started) -> None:
     echo(f"    {runs} runs in {time.perf_counter() - clock:.0f}s")
 
     echo("3/3 category statistics")
-    defs.resolve_job_def("category_stats_job").execute_in_process(instance=instance)
+    defs.resolve_job_def("category_stats_job").execute_in_process(run_config=QUIET, instance=instance)
     engine = db.create_db_engine(database_url())
     rows = db.fetch_categorized(engine)
     with engine.connect() as conn:

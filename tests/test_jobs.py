@@ -1,0 +1,155 @@
+"""categorize_noticias_job and the sensor through Dagster, with the real model, on PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import threading
+
+import dagster as dg
+import pytest
+import sqlalchemy as sa
+
+from newsllm_pipeline import db
+from newsllm_pipeline.assets.noticias import no_permanently_failed_noticias, noticias, noticias_category_stats
+from newsllm_pipeline.categorizer.prompt import DEFAULT_CATEGORIES
+from newsllm_pipeline.jobs.categorize import categorize_noticias_job, reprocess_noticias_job
+from newsllm_pipeline.jobs.sensors import build_uncategorized_noticias_sensor
+from newsllm_pipeline.resources import CategorizerResource, NoticiasDatabase
+from tests.conftest import FEEDS, sample_rows
+
+
+def _rows(engine):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(db.noticias).order_by(db.noticias.c.id)).mappings().all()
+
+
+def _run(resources, batch_size=10):
+    return categorize_noticias_job.execute_in_process(
+        run_config={"ops": {"categorize_batch": {"config": {"batch_size": batch_size}}}}, resources=resources
+    )
+
+
+@pytest.fixture
+def resources(database_url, categorizer):
+    return {"noticias_db": NoticiasDatabase(url=database_url), "categorizer": categorizer}
+
+
+def test_feeds_to_categorised_rows_end_to_end(resources, engine):
+    ingest = dg.materialize([noticias], resources=resources, run_config={
+        "ops": {"noticias": {"config": {"feeds": [str(FEEDS / "valid_rss.xml"), str(FEEDS / "valid_atom.xml")]}}}
+    })
+    assert ingest.asset_materializations_for_node("noticias")[0].metadata["new_items"].value == 9
+    first = _run(resources, batch_size=5)
+    assert first.output_for_node("categorize_batch") == 5
+    launched_by_hand = categorize_noticias_job.execute_in_process(resources=resources)  # no config: next batch
+    assert launched_by_hand.output_for_node("categorize_batch") == 4
+    rows = _rows(engine)
+    assert all(row["llm_processed"] and row["llm_processed_at"] for row in rows)
+    assert all(row["llm_categoria"] in DEFAULT_CATEGORIES and 0 < row["llm_confianza"] <= 1 for row in rows)
+    assert all(row["llm_claimed_by"] is None and row["llm_error"] is None for row in rows)
+    observation_metadata = first.get_asset_observation_events()[0].asset_observation_data.asset_observation.metadata
+    assert observation_metadata["categorized"].value == 5
+
+    stats = dg.materialize([noticias_category_stats, no_permanently_failed_noticias], resources=resources)
+    metadata = stats.asset_materializations_for_node("noticias_category_stats")[0].metadata
+    assert metadata["categorized"].value == 9
+    assert "data:image/png;base64," in metadata["plot"].value
+    assert stats.get_asset_check_evaluations()[0].passed
+
+
+def test_two_runs_at_once_take_disjoint_batches(resources, engine):
+    db.insert_new(engine, sample_rows(12))
+    results = []
+
+    def run():
+        results.append(_run(resources, batch_size=6))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(result.output_for_node("categorize_batch") for result in results) == [6, 6]
+    rows = _rows(engine)
+    assert all(row["llm_processed"] for row in rows) and len(rows) == 12
+
+
+def test_an_answer_that_is_not_a_category_is_recorded_as_failed_and_retried_up_to_the_limit(
+    database_url, engine, model_dir
+):
+    resources = {
+        "noticias_db": NoticiasDatabase(url=database_url, max_attempts=2),
+        "categorizer": CategorizerResource(model_dir=model_dir, method="generate", categories=["Xqzvblorp", "Wrrk"]),
+    }
+    db.insert_new(engine, sample_rows(1))
+    for attempt in (1, 2):
+        result = _run(resources)
+        assert result.success and result.output_for_node("categorize_batch") == 0
+        rows = _rows(engine)
+        assert all(row["llm_attempts"] == attempt and "names no category" in row["llm_error"] for row in rows)
+        assert all(row["llm_categoria"] is None and not row["llm_processed"] for row in rows)
+    assert _run(resources).output_for_node("categorize_batch") == 0
+    assert NoticiasDatabase(url=database_url, max_attempts=2).status()["failed_permanently"] == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_database_dropping_mid_batch_writes_nothing_and_the_rows_are_retried(resources, engine):
+    db.insert_new(engine, sample_rows(5))
+
+    def drop_connection(conn, cursor, statement, *args):
+        if statement.startswith("UPDATE noticias SET llm_categoria"):
+            cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+
+    # The run's engine is its own (Dagster copies resources), so listen on every engine for this run.
+    sa.event.listen(sa.Engine, "after_cursor_execute", drop_connection)
+    try:
+        with pytest.raises(sa.exc.OperationalError):
+            _run(resources, batch_size=5)
+    finally:
+        sa.event.remove(sa.Engine, "after_cursor_execute", drop_connection)
+    rows = _rows(engine)
+    assert all(row["llm_categoria"] is None and not row["llm_processed"] for row in rows)
+    assert all(row["llm_claimed_by"] is None and row["llm_attempts"] == 0 for row in rows)  # claims given back
+    assert _run(resources, batch_size=5).output_for_node("categorize_batch") == 5
+
+
+def test_reprocess_job_resets_a_selection_for_the_sensor(resources, engine):
+    db.insert_new(engine, sample_rows(6))
+    _run(resources)
+    low = min(row["llm_confianza"] for row in _rows(engine))
+    result = reprocess_noticias_job.execute_in_process(
+        run_config={"ops": {"reset_noticias_selection": {"config": {"max_confianza": low + 1e-9}}}},
+        resources=resources,
+    )
+    assert result.output_for_node("reset_noticias_selection") == 1
+    assert resources["noticias_db"].count_claimable() == 1
+
+
+def _tick(sensor, database_url, instance):
+    resources = {"noticias_db": NoticiasDatabase(url=database_url)}
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        return sensor.evaluate_tick(context)
+
+
+def test_sensor_launches_one_run_per_batch_up_to_the_cap_and_skips_when_idle(database_url, engine):
+    sensor = build_uncategorized_noticias_sensor(batch_size=10, max_runs_per_tick=3)
+    with dg.instance_for_test() as instance:
+        idle = _tick(sensor, database_url, instance)
+        assert not idle.run_requests and "no uncategorised noticias" in idle.skip_message
+        db.insert_new(engine, sample_rows(25))
+        tick = _tick(sensor, database_url, instance)
+        assert len(tick.run_requests) == 3
+        assert tick.run_requests[0].run_config["ops"]["categorize_batch"]["config"]["batch_size"] == 10
+        db.insert_new(engine, sample_rows(60, prefix="more"))
+        capped = _tick(sensor, database_url, instance)
+        assert len(capped.run_requests) == 3
+        assert not {r.run_key for r in tick.run_requests} & {r.run_key for r in capped.run_requests}
+
+
+def test_sensor_counts_runs_still_waiting_to_claim(database_url, engine):
+    sensor = build_uncategorized_noticias_sensor(batch_size=10, max_runs_per_tick=5)
+    db.insert_new(engine, sample_rows(25))
+    with dg.instance_for_test() as instance:
+        for _ in range(2):
+            instance.create_run_for_job(categorize_noticias_job, status=dg.DagsterRunStatus.NOT_STARTED)
+        tick = _tick(sensor, database_url, instance)
+        assert len(tick.run_requests) == 1  # 3 batches needed, 2 runs already waiting

@@ -8,7 +8,7 @@ loading excluded, reported apart), peak RSS and how many items got a valid categ
 - ours: every category's log-likelihood scored after a cached few-shot prompt (`method="score"`).
 
 Each method runs in a fresh process of its own, so its peak RSS is its own. The run also measures the
-machine's fp32 matmul throughput and counts the model FLOPs label scoring needs per item, which give
+machine's matmul throughput (fp32 and bf16) and counts the model FLOPs label scoring needs per item, which give
 the items/s ceiling on this machine and the share of it reached (utilisation).
 
     .venv/bin/python benchmarks/categorize.py [--items 200] [--model DIR] [--out PATH]
@@ -36,8 +36,10 @@ from tabulate import tabulate
 from newsllm_pipeline import settings
 from newsllm_pipeline.categorizer import Prediction, item_text
 from newsllm_pipeline.categorizer.prompt import build_prompt
+from newsllm_pipeline.demo import gold_labels
 from newsllm_pipeline.feeds import parse_feed
 from newsllm_pipeline.models import resolve_model_dir
+from newsllm_pipeline.resources.categorizer import calibration_texts
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_OUT = SCRIPT.parent / "results" / "categorize.json"
@@ -47,29 +49,31 @@ METHOD_LABELS = {"baseline": "baseline: free-form generation", "ours": "ours: la
 RATIO_GOAL = 10.0
 ITEMS_PER_S_GOAL = 5.0
 MATMUL_SIZE = 2048
+MATMUL_DTYPES = (torch.float32, torch.bfloat16)
 MATMUL_SECONDS = 2.0
 
 
-def load_texts(limit: int) -> list[str]:
-    """The first `limit` feed items as the text the categoriser reads, in feed-file order."""
+def load_items(limit: int) -> tuple[list[str], list[str | None]]:
+    """The first `limit` feed items as the text the categoriser reads, in feed-file order, and their
+    hand labels where data/feeds/labels.csv has one."""
     sources = settings.feed_sources()
-    texts = []
+    gold = gold_labels()
+    texts, labels = [], []
     for source in sources:
         rows, _ = parse_feed(source)
         texts += [item_text(row["titulo"], row["resumen"]) for row in rows]
+        labels += [gold.get(row["url"]) for row in rows]
     if not texts:
         sys.exit(f"no feed items in {sources or settings.DEFAULT_FEEDS_GLOB}: add feeds or set NEWSLLM_FEEDS")
     if len(texts) < limit:
-        print(
-            f"only {len(texts)} feed items available; benchmarking those instead of {limit}", file=sys.stderr
-        )
-    return texts[:limit]
+        print(f"only {len(texts)} feed items available; benchmarking those instead of {limit}", file=sys.stderr)
+    return texts[:limit], labels[:limit]
 
 
-def measure_matmul_gflops(size: int = MATMUL_SIZE, seconds: float = MATMUL_SECONDS) -> float:
-    """Sustained fp32 matmul throughput with torch's default thread count, after a warm-up."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    product = torch.empty(size, size)
+def measure_matmul_gflops(dtype: torch.dtype, size: int = MATMUL_SIZE, seconds: float = MATMUL_SECONDS) -> float:
+    """Sustained matmul throughput in `dtype` with torch's default thread count, after a warm-up."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    product = torch.empty(size, size, dtype=dtype)
     for _ in range(3):
         torch.matmul(a, b, out=product)
     count, started = 0, time.perf_counter()
@@ -101,9 +105,7 @@ def model_flops(categorizer, texts: list[str]) -> dict:
         kv_length = prefix_tokens + item_tokens
         tokens_fed.append(fed)
         flops.append(
-            2 * linear_params * fed
-            + 2 * lm_head_params * (1 + trie_nodes)
-            + 4 * attention_width * kv_length * fed
+            2 * linear_params * fed + 2 * lm_head_params * (1 + trie_nodes) + 4 * attention_width * kv_length * fed
         )
     return {
         "counted": (
@@ -130,7 +132,9 @@ def run_worker(name: str, model_dir: str, texts: list[str]) -> dict:
     from newsllm_pipeline.categorizer.transformers_backend import TransformersCategorizer
 
     started = time.perf_counter()
-    categorizer = TransformersCategorizer(model_dir, method=METHODS[name])
+    categorizer = TransformersCategorizer(
+        model_dir, method=METHODS[name], calibration_texts=calibration_texts(True, None)
+    )
     load_s = time.perf_counter() - started
     started = time.perf_counter()
     results = categorizer.categorize(texts)
@@ -146,6 +150,7 @@ def run_worker(name: str, model_dir: str, texts: list[str]) -> dict:
         "load_s": load_s,
         "peak_rss_mb": peak_rss_mb,
         "torch_threads": torch.get_num_threads(),
+        "dtype": str(categorizer.model.dtype).removeprefix("torch."),
         "categories": categories,
         "error_examples": [str(result) for result in results if not isinstance(result, Prediction)][:5],
     }
@@ -173,10 +178,21 @@ def agreement(first: list[str | None], second: list[str | None]) -> float:
     return same / len(first)
 
 
-def build_report(model_dir: str, texts: list[str], matmul_gflops: float, baseline: dict, ours: dict) -> dict:
+def accuracy(categories: list[str | None], labels: list[str | None]) -> float | None:
+    """Share of hand-labelled items given their label (an item without a category counts as wrong)."""
+    pairs = [(c, label) for c, label in zip(categories, labels, strict=True) if label is not None]
+    return sum(c == label for c, label in pairs) / len(pairs) if pairs else None
+
+
+def build_report(
+    model_dir: str, texts: list[str], labels: list, matmul_gflops: dict[str, float], baseline: dict, ours: dict
+) -> dict:
     flops = ours.pop("model_flops")
     gflop_per_item = flops["flop_per_item"] / 1e9
     achieved_gflops = ours["items_per_s"] * gflop_per_item
+    peak = matmul_gflops[ours["dtype"]]
+    for result in (baseline, ours):
+        result["accuracy"] = accuracy(result["categories"], labels)
     return {
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "model": model_dir,
@@ -188,13 +204,16 @@ def build_report(model_dir: str, texts: list[str], matmul_gflops: float, baselin
         "ours": ours,
         "ratio": ours["items_per_s"] / baseline["items_per_s"],
         "agreement": agreement(baseline["categories"], ours["categories"]),
-        "matmul_gflops": matmul_gflops,
-        "matmul": f"fp32 square {MATMUL_SIZE} matmuls for {MATMUL_SECONDS:g} s after a warm-up",
+        "labelled_items": sum(label is not None for label in labels),
+        "matmul_gflops": peak,
+        "matmul_gflops_by_dtype": matmul_gflops,
+        "matmul": f"square {MATMUL_SIZE} matmuls for {MATMUL_SECONDS:g} s after a warm-up, per dtype; "
+        f"matmul_gflops is the peak of the dtype the model ran in ({ours['dtype']})",
         "model_gflop_per_item": gflop_per_item,
         "model_flops": flops,
-        "ceiling_items_per_s": matmul_gflops / gflop_per_item,
+        "ceiling_items_per_s": peak / gflop_per_item,
         "achieved_gflops": achieved_gflops,
-        "utilisation": achieved_gflops / matmul_gflops,
+        "utilisation": achieved_gflops / peak,
         "goals": {"ratio": RATIO_GOAL, "items_per_s": ITEMS_PER_S_GOAL},
     }
 
@@ -211,10 +230,11 @@ def summary(report: dict) -> str:
             f"{r['valid']}/{r['items']}",
             f"{r['peak_rss_mb']:.0f}",
             f"{r['load_s']:.1f}",
+            "–" if r["accuracy"] is None else f"{r['accuracy']:.0%}",
         ]
         for name, r in (("baseline", report["baseline"]), ("ours", report["ours"]))
     ]
-    table = tabulate(rows, headers=["method", "items/s", "s/item", "valid", "peak RSS MB", "load s"])
+    table = tabulate(rows, headers=["method", "items/s", "s/item", "valid", "peak RSS MB", "load s", "accuracy"])
     ours, flops = report["ours"], report["model_flops"]
     return "\n".join(
         [
@@ -228,7 +248,9 @@ def summary(report: dict) -> str:
             f"ours items/s        {ours['items_per_s']:.2f}  (goal >= {ITEMS_PER_S_GOAL:g}: "
             f"{met(ours['items_per_s'], ITEMS_PER_S_GOAL)})",
             f"agreement           {report['agreement']:.0%} of items in the same category",
-            f"matmul peak         {report['matmul_gflops']:.1f} GFLOP/s fp32",
+            f"accuracy            against {report['labelled_items']} hand labels (chance: 7%)",
+            f"matmul peak         {report['matmul_gflops']:.1f} GFLOP/s {ours['dtype']} "
+            f"({', '.join(f'{k} {v:.0f}' for k, v in report['matmul_gflops_by_dtype'].items())})",
             f"model work          {report['model_gflop_per_item']:.2f} GFLOP/item "
             f"({flops['mean_tokens_fed']:.0f} tokens fed after a "
             f"{flops['prefix_tokens']}-token cached prefix)",
@@ -247,9 +269,7 @@ def parse_args() -> argparse.Namespace:
         default=settings.model_dir(),
         help="model folder (default: NEWSLLM_MODEL_DIR or the packaged SmolLM2, prepared if missing)",
     )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})"
-    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})")
     parser.add_argument("--worker", choices=sorted(METHODS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.items < 1:
@@ -263,12 +283,12 @@ def main() -> None:
         print(json.dumps(run_worker(args.worker, args.model, json.load(sys.stdin))))
         return
     model_dir = resolve_model_dir(args.model)
-    texts = load_texts(args.items)
+    texts, labels = load_items(args.items)
     # Before the workers, so nothing else competes for the cores.
-    matmul_gflops = measure_matmul_gflops()
+    matmul_gflops = {str(dtype).removeprefix("torch."): measure_matmul_gflops(dtype) for dtype in MATMUL_DTYPES}
     baseline = run_in_subprocess("baseline", model_dir, texts)
     ours = run_in_subprocess("ours", model_dir, texts)
-    report = build_report(model_dir, texts, matmul_gflops, baseline, ours)
+    report = build_report(model_dir, texts, labels, matmul_gflops, baseline, ours)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(summary(report))

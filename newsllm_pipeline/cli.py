@@ -15,7 +15,10 @@ from . import settings
 
 def _database_option(function):
     return click.option(
-        "--url", "database_url", default=None, help="SQLAlchemy URL (default: NEWSLLM_DATABASE_URL or SQLite in data/)"
+        "--url",
+        "database_url",
+        default=None,
+        help="SQLAlchemy URL (default: NEWSLLM_DATABASE_URL or SQLite in data/)",
     )(function)
 
 
@@ -84,7 +87,12 @@ def ingest(feeds, database_url):
 @main.command()
 @click.argument("input_path", metavar="IN.jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "output_path", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--model", "model_dir", default=None, help="Model folder (default: NEWSLLM_MODEL_DIR or the packaged model)")
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    help="Model folder (default: NEWSLLM_MODEL_DIR or the packaged model)",
+)
 @click.option("--adapter", "adapter_dir", default=None, help="LoRA adapter folder")
 @click.option("--backend", default="transformers", type=click.Choice(["transformers", "exllamav2"]))
 @click.option("--device", default="auto")
@@ -99,7 +107,10 @@ def categorize(input_path, output_path, model_dir, adapter_dir, backend, device,
 
     records = [json.loads(line) for line in input_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     categorizer = CategorizerResource(
-        backend=backend, model_dir=model_dir or settings.model_dir(), adapter_dir=adapter_dir, device=device,
+        backend=backend,
+        model_dir=model_dir or settings.model_dir(),
+        adapter_dir=adapter_dir,
+        device=device,
         batch_size=batch_size,
     )
     categorizer.load()
@@ -107,7 +118,10 @@ def categorize(input_path, output_path, model_dir, adapter_dir, backend, device,
     output_path.parent.mkdir(parents=True, exist_ok=True)
     partial = output_path.with_name(output_path.name + ".partial")
     failed = 0
-    with partial.open("w", encoding="utf-8") as out, tqdm(total=len(records), unit="item", desc="categorising") as bar:
+    with (
+        partial.open("w", encoding="utf-8") as out,
+        tqdm(total=len(records), unit="item", desc="categorising") as bar,
+    ):
         for start in range(0, len(records), chunk):
             batch = records[start : start + chunk]
             texts = [item_text(record.get("titulo"), record.get("resumen")) for record in batch]

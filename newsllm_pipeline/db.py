@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 metadata = sa.MetaData()
 
@@ -146,9 +146,7 @@ def count_claimable(engine: Engine, max_attempts: int, lease: dt.timedelta) -> i
         return conn.execute(query).scalar_one()
 
 
-def claim_batch(
-    engine: Engine, claimant: str, size: int, max_attempts: int, lease: dt.timedelta
-) -> list[ClaimedItem]:
+def claim_batch(engine: Engine, claimant: str, size: int, max_attempts: int, lease: dt.timedelta) -> list[ClaimedItem]:
     """Atomically take up to `size` claimable rows for `claimant` (a run id), oldest first.
 
     PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent claims take disjoint rows without waiting.
@@ -156,10 +154,7 @@ def claim_batch(
     """
     now = utcnow()
     candidates = (
-        sa.select(noticias.c.id)
-        .where(_claimable(max_attempts, lease, now))
-        .order_by(noticias.c.id)
-        .limit(size)
+        sa.select(noticias.c.id).where(_claimable(max_attempts, lease, now)).order_by(noticias.c.id).limit(size)
     )
     if engine.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
@@ -174,9 +169,7 @@ def claim_batch(
     return sorted((ClaimedItem(*row) for row in rows), key=lambda item: item.id)
 
 
-def record_results(
-    engine: Engine, claimant: str, categorized: Sequence[Categorized], failed: Sequence[Failed]
-) -> int:
+def record_results(engine: Engine, claimant: str, categorized: Sequence[Categorized], failed: Sequence[Failed]) -> int:
     """Write a batch's outcome in one transaction: all rows or none. Only rows still held by
     `claimant` are written (a row whose lease expired and was taken by another run is left to it).
     Returns the number of rows written."""
@@ -301,7 +294,13 @@ def insert_new(engine: Engine, rows: Iterable[dict]) -> int:
 
 def fetch_categorized(engine: Engine) -> list[dict]:
     """Every categorised row, for statistics and review."""
-    columns = [noticias.c.id, noticias.c.titulo, noticias.c.fuente, noticias.c.llm_categoria, noticias.c.llm_confianza]
+    columns = [
+        noticias.c.id,
+        noticias.c.titulo,
+        noticias.c.fuente,
+        noticias.c.llm_categoria,
+        noticias.c.llm_confianza,
+    ]
     with engine.connect() as conn:
         rows = conn.execute(sa.select(*columns).where(noticias.c.llm_processed.is_(True)).order_by(noticias.c.id))
         return [dict(row._mapping) for row in rows]

@@ -10,7 +10,12 @@ import dagster as dg
 
 from .assets import noticias as noticias_assets
 from .jobs.categorize import categorize_noticias_job, reprocess_noticias_job
-from .jobs.schedules import category_stats_job, category_stats_schedule, ingest_noticias_job, ingest_noticias_schedule
+from .jobs.schedules import (
+    category_stats_job,
+    category_stats_schedule,
+    ingest_noticias_job,
+    ingest_noticias_schedule,
+)
 from .jobs.sensors import build_uncategorized_noticias_sensor
 from .resources import CategorizerResource, NoticiasDatabase
 from .settings import DEFAULT_MODEL_DIR, default_database_url, env, site_setting

@@ -40,8 +40,14 @@ def reference_label_probabilities(backend, text: str) -> torch.Tensor:
     return torch.softmax(torch.tensor(scores, dtype=torch.float64), dim=-1)
 
 
-def test_batched_trie_scoring_equals_scoring_each_category_separately(categorizer):
-    backend = categorizer.load()
+@pytest.fixture(scope="module")
+def exact_backend(model_dir):
+    """fp32, uncalibrated: the raw label probabilities, comparable to the reference at 1e-4."""
+    return CategorizerResource(model_dir=model_dir, dtype="float32", calibration=False).load()
+
+
+def test_batched_trie_scoring_equals_scoring_each_category_separately(exact_backend):
+    backend = exact_backend
     results = backend.categorize(TEXTS)
     for text, result in zip(TEXTS, results, strict=True):
         reference = reference_label_probabilities(backend, text)
@@ -51,8 +57,8 @@ def test_batched_trie_scoring_equals_scoring_each_category_separately(categorize
         assert result.confianza == pytest.approx(float(reference.max()), abs=1e-4)
 
 
-def test_every_answer_is_a_category_with_a_probability_and_batching_does_not_change_it(categorizer):
-    backend = categorizer.load()
+def test_every_answer_is_a_category_with_a_probability_and_batching_does_not_change_it(exact_backend):
+    backend = exact_backend
     alone = [backend.categorize([text])[0] for text in TEXTS]
     together = backend.categorize(TEXTS + ["", "Breve"])
     for single, batched in zip(alone, together, strict=False):
@@ -64,8 +70,34 @@ def test_every_answer_is_a_category_with_a_probability_and_batching_does_not_cha
     assert isinstance(together[4], Prediction)
 
 
+def test_calibration_divides_by_the_prior_measured_once_on_the_balanced_set(model_dir, exact_backend, tmp_path):
+    texts = ["Noticia de prueba número uno", "Otra noticia de prueba", "Y una tercera noticia"]
+    calibration_file = tmp_path / "calibration.jsonl"
+    calibration_file.write_text("".join(f'{{"titulo": "{t}"}}\n' for t in texts), encoding="utf-8")
+    settings = dict(model_dir=model_dir, dtype="float32", calibration_file=str(calibration_file))
+    calibrated = CategorizerResource(**settings).load()
+    raw = torch.tensor([[r.probabilities[c] for c in DEFAULT_CATEGORIES] for r in exact_backend.categorize(texts)])
+    prior = raw.double().mean(0)
+    assert torch.allclose(calibrated.log_prior.exp(), prior, atol=1e-4)
+    (result,) = calibrated.categorize([TEXTS[1]])
+    (plain,) = exact_backend.categorize([TEXTS[1]])
+    expected = torch.tensor([plain.probabilities[c] for c in DEFAULT_CATEGORIES], dtype=torch.float64) / prior
+    expected /= expected.sum()
+    assert [result.probabilities[c] for c in DEFAULT_CATEGORIES] == pytest.approx(expected.tolist(), abs=1e-4)
+    # A second load (another run's process) reads the prior from disk instead of scoring the set again.
+    calibrated._mean_probabilities = None
+    calibrated._calibrate(texts)
+    assert torch.allclose(calibrated.log_prior.exp(), prior, atol=1e-4)
+
+
+def test_bf16_scoring_agrees_with_fp32(model_dir, exact_backend):
+    fast = CategorizerResource(model_dir=model_dir, dtype="bfloat16", calibration=False).categorize(TEXTS)
+    for bf16, fp32 in zip(fast, exact_backend.categorize(TEXTS), strict=True):
+        assert max(abs(bf16.probabilities[c] - fp32.probabilities[c]) for c in DEFAULT_CATEGORIES) < 0.05
+
+
 def test_custom_categories_are_the_only_possible_answers(model_dir):
-    resource = CategorizerResource(model_dir=model_dir, categories=["Fútbol", "Baloncesto", "Tenis"])
+    resource = CategorizerResource(model_dir=model_dir, categories=["Fútbol", "Baloncesto", "Tenis"], calibration=False)
     results = resource.categorize([TEXTS[0], "Nadal gana su decimoquinto Roland Garros"])
     assert {r.categoria for r in results} <= {"Fútbol", "Baloncesto", "Tenis"}
     assert all(set(r.probabilities) == {"Fútbol", "Baloncesto", "Tenis"} for r in results)
@@ -86,8 +118,10 @@ def test_an_adapter_changes_the_answer(model_dir, tmp_path):
     torch.manual_seed(0)
     config = LoraConfig(r=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
     get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
-    plain = CategorizerResource(model_dir=model_dir).categorize(TEXTS)
-    adapted = CategorizerResource(model_dir=model_dir, adapter_dir=str(tmp_path / "adapter")).categorize(TEXTS)
+    plain = CategorizerResource(model_dir=model_dir, calibration=False).categorize(TEXTS)
+    adapted = CategorizerResource(
+        model_dir=model_dir, adapter_dir=str(tmp_path / "adapter"), calibration=False
+    ).categorize(TEXTS)
     assert any(abs(a.confianza - p.confianza) > 1e-3 for a, p in zip(adapted, plain, strict=True))
 
 

@@ -26,7 +26,8 @@ def test_upgrade_adds_missing_columns_to_an_existing_table_without_touching_its_
         )
         conn.exec_driver_sql(
             "INSERT INTO noticias (id, titulo, url, llm_categoria, llm_confianza, llm_processed) VALUES "
-            "(1, 'Ya categorizada', 'https://x/1', 'Política', 0.9, TRUE), (2, 'Pendiente', 'https://x/2', NULL, NULL, FALSE)"
+            "(1, 'Ya categorizada', 'https://x/1', 'Política', 0.9, TRUE), "
+            "(2, 'Pendiente', 'https://x/2', NULL, NULL, FALSE)"
         )
     changes = db.upgrade(engine)
     assert "added column llm_attempts" in changes and "created index ix_noticias_unprocessed" in changes
@@ -139,7 +140,10 @@ def test_connection_dropped_mid_write_leaves_nothing_half_written(engine):
 
     with pytest.raises(sa.exc.OperationalError):
         db.record_results(
-            engine, "run-a", [db.Categorized(i.id, "Salud", 0.7) for i in items[:3]], [db.Failed(items[3].id, "x")]
+            engine,
+            "run-a",
+            [db.Categorized(i.id, "Salud", 0.7) for i in items[:3]],
+            [db.Failed(items[3].id, "x")],
         )
     sa.event.remove(engine, "after_cursor_execute", drop_connection)
     with engine.connect() as conn:

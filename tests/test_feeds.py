@@ -53,7 +53,9 @@ def test_items_are_deduplicated_by_url_within_a_feed_and_across_runs(engine):
 
 def test_cli_ingest_exits_non_zero_on_a_bad_feed_but_keeps_the_good_ones(tmp_path):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
-    result = CliRunner().invoke(main, ["ingest", str(FEEDS / "valid_atom.xml"), str(FEEDS / "malformed.xml"), "--url", url])
+    result = CliRunner().invoke(
+        main, ["ingest", str(FEEDS / "valid_atom.xml"), str(FEEDS / "malformed.xml"), "--url", url]
+    )
     assert result.exit_code == 1
     assert "valid_atom.xml: 4 items, 4 new" in result.output
     assert "not a readable RSS/Atom feed" in result.output

@@ -34,9 +34,13 @@ def resources(database_url, categorizer):
 
 
 def test_feeds_to_categorised_rows_end_to_end(resources, engine):
-    ingest = dg.materialize([noticias], resources=resources, run_config={
-        "ops": {"noticias": {"config": {"feeds": [str(FEEDS / "valid_rss.xml"), str(FEEDS / "valid_atom.xml")]}}}
-    })
+    ingest = dg.materialize(
+        [noticias],
+        resources=resources,
+        run_config={
+            "ops": {"noticias": {"config": {"feeds": [str(FEEDS / "valid_rss.xml"), str(FEEDS / "valid_atom.xml")]}}}
+        },
+    )
     assert ingest.asset_materializations_for_node("noticias")[0].metadata["new_items"].value == 9
     first = _run(resources, batch_size=5)
     assert first.output_for_node("categorize_batch") == 5

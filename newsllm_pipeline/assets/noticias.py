@@ -1,12 +1,11 @@
 """Noticias assets: the table fed from RSS/Atom feeds, and its category statistics."""
 
-
 import base64
 import io
 
 import dagster as dg
-from pydantic import Field
 import pandas as pd
+from pydantic import Field
 
 from .. import db
 from ..feeds import ingest_feeds
@@ -16,7 +15,8 @@ from ..settings import feed_sources
 
 class FeedsConfig(dg.Config):
     feeds: list[str] | None = Field(
-        default=None, description="Feed URLs or files; empty: NEWSLLM_FEEDS, else the sample feeds in data/feeds"
+        default=None,
+        description="Feed URLs or files; empty: NEWSLLM_FEEDS, else the sample feeds in data/feeds",
     )
 
 
@@ -40,9 +40,7 @@ def noticias(context: dg.AssetExecutionContext, config: FeedsConfig, noticias_db
             context.log.info(f"{report.source}: {report.items} items, {report.new} new")
     if reports and all(report.error for report in reports):
         raise dg.Failure("no feed could be read", metadata={"errors": "\n".join(r.error for r in reports)})
-    table = pd.DataFrame(
-        [{"feed": r.source, "items": r.items, "new": r.new, "error": r.error or ""} for r in reports]
-    )
+    table = pd.DataFrame([{"feed": r.source, "items": r.items, "new": r.new, "error": r.error or ""} for r in reports])
     failed_feeds = {r.source: r.error for r in reports if r.error}
     return dg.MaterializeResult(
         check_results=[
@@ -59,7 +57,7 @@ def noticias(context: dg.AssetExecutionContext, config: FeedsConfig, noticias_db
             "feed_errors": len(failed_feeds),
             "per_feed": dg.MetadataValue.md(table.to_markdown(index=False)),
             **{f"noticias_{key}": value for key, value in noticias_db.status().items()},
-        }
+        },
     )
 
 
@@ -111,7 +109,9 @@ def noticias_category_stats(
         (row for row in rows if row["llm_confianza"] is not None and row["llm_confianza"] < config.review_below),
         key=lambda row: row["llm_confianza"],
     )
-    review_table = pd.DataFrame(review[: config.review_limit], columns=["id", "titulo", "llm_categoria", "llm_confianza"])
+    review_table = pd.DataFrame(
+        review[: config.review_limit], columns=["id", "titulo", "llm_categoria", "llm_confianza"]
+    )
     confidences = [row["llm_confianza"] for row in rows if row["llm_confianza"] is not None]
     return dg.MaterializeResult(
         metadata={

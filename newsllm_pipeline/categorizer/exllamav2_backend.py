@@ -10,11 +10,12 @@ gets its exact log-likelihood, as in the transformers backend (the same trie mat
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import torch
 
-from .labels import CategorizationError, LabelScoringCategorizer, Prediction
+from .labels import LabelScoringCategorizer, folder_fingerprint
 from .prompt import DEFAULT_CATEGORIES
 
 
@@ -26,13 +27,13 @@ class ExLlamaV2Categorizer(LabelScoringCategorizer):
         gpu_split: Sequence[float] | None = None,
         cache_type: str = "fp16",
         max_seq_len: int = 4096,
-        max_item_tokens: int = 96,
+        max_item_tokens: int = 64,
         batch_size: int = 16,
+        calibration_texts: Sequence[str] = (),
     ):
         if not torch.cuda.is_available():
             raise RuntimeError(
-                "the exllamav2 backend needs a CUDA GPU and a CUDA build of torch; "
-                "use backend 'transformers' on CPU"
+                "the exllamav2 backend needs a CUDA GPU and a CUDA build of torch; use backend 'transformers' on CPU"
             )
         try:
             from exllamav2 import ExLlamaV2, ExLlamaV2Cache, ExLlamaV2Cache_Q4, ExLlamaV2Config
@@ -57,7 +58,9 @@ class ExLlamaV2Categorizer(LabelScoringCategorizer):
             self.model.load_autosplit(self.cache)
         # The HF tokenizer of the same folder renders the chat template; ids are the same vocabulary.
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.fingerprint = json.dumps([folder_fingerprint(model_dir), cache_type])
         self._prepare()
+        self._calibrate(calibration_texts)
 
     def _forward(self, ids: list[int]) -> torch.Tensor:
         """Append `ids` to the cache and return their log-probs [len(ids), vocab]."""
@@ -71,7 +74,7 @@ class ExLlamaV2Categorizer(LabelScoringCategorizer):
         self._prefix_len = len(prefix_ids)
 
     @torch.inference_mode()
-    def _score_batch(self, items: list[list[int]]) -> list[Prediction | CategorizationError]:
+    def _score_batch(self, items: list[list[int]]) -> torch.Tensor:
         scores = []
         for ids in items:
             self.cache.current_seq_len = self._prefix_len
@@ -89,4 +92,4 @@ class ExLlamaV2Categorizer(LabelScoringCategorizer):
                 for step in range(1, steps):
                     logprobs[self.trie.sources[row, step]] = continuation[step - 1]
             scores.append(self.trie.label_scores(logprobs[None])[0])
-        return self.trie.predictions(torch.stack(scores))
+        return torch.stack(scores)

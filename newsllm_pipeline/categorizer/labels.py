@@ -8,9 +8,12 @@ category costs its length minus one token.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -76,11 +79,6 @@ class LabelTrie:
                 valid[row, step] = True
         return cls(tuple(labels), tuple(nodes), tuple(depths), tuple(parents), sources, targets, valid)
 
-    def to(self, device) -> LabelTrie:
-        return replace(
-            self, sources=self.sources.to(device), targets=self.targets.to(device), valid=self.valid.to(device)
-        )
-
     def ancestor_mask(self) -> torch.Tensor:
         """[nodes, nodes] boolean: node i may attend to node j (j is i or an ancestor of i)."""
         size = len(self.nodes)
@@ -94,8 +92,9 @@ class LabelTrie:
 
     def label_scores(self, logprobs: torch.Tensor) -> torch.Tensor:
         """Sum each category's token log-probs. logprobs: [batch, 1 + nodes, vocab] -> [batch, labels]."""
-        picked = logprobs[:, self.sources, self.targets]  # [batch, labels, steps]
-        return picked.masked_fill(~self.valid, 0.0).sum(dim=-1)
+        device = logprobs.device
+        picked = logprobs[:, self.sources.to(device), self.targets.to(device)]  # [batch, labels, steps]
+        return picked.masked_fill(~self.valid.to(device), 0.0).sum(dim=-1)
 
     def predictions(self, scores: torch.Tensor) -> list[Prediction | CategorizationError]:
         """Turn label log-likelihoods into the best category and its probability among the categories."""
@@ -111,20 +110,30 @@ class LabelTrie:
 
 
 class LabelScoringCategorizer:
-    """What every backend shares: the prompt split around the item, item encoding, the category trie
-    and batching. A backend loads its model, sets `tokenizer`, calls `_prepare()`, and implements
-    `_encode_prefix` and `_score_batch` (rows of item token ids -> one result per row)."""
+    """What every backend shares: the prompt split around the item, item encoding, the category trie,
+    batching and calibration. A backend loads its model, sets `tokenizer` and `fingerprint` (what
+    identifies its weights), calls `_prepare()`, and implements `_encode_prefix` and `_score_batch`
+    (rows of item token ids -> category log-likelihoods [rows, categories])."""
 
     categories: tuple[str, ...]
     tokenizer = None
-    max_item_tokens: int = 96
+    fingerprint: str = ""
+    max_item_tokens: int = 64
     batch_size: int = 16
 
     def _prepare(self) -> None:
-        prompt = build_prompt(self.tokenizer, self.categories)
-        self._suffix_ids = self._encode(prompt.suffix)
+        self._prompt = build_prompt(self.tokenizer, self.categories)
+        self._suffix_ids = self._encode(self._prompt.suffix)
         self.trie = LabelTrie.build(self.categories, [self._encode(label) for label in self.categories])
-        self._encode_prefix(self._encode(prompt.prefix))
+        self._encode_prefix(self._encode(self._prompt.prefix))
+        self.log_prior = torch.zeros(len(self.categories), dtype=torch.float64)
+
+    def _calibrate(self, texts: Sequence[str]) -> None:
+        """Estimate the model's prior over the categories on `texts` (cached on disk per model and prompt)."""
+        if texts:
+            key = json.dumps([self.fingerprint, self._prompt.prefix, self._prompt.suffix, self.max_item_tokens, *texts])
+            prior = cached_prior(key, lambda: self._mean_probabilities(texts))
+            self.log_prior = torch.tensor(prior, dtype=torch.float64).log()
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -132,22 +141,63 @@ class LabelScoringCategorizer:
     def _encode_prefix(self, prefix_ids: list[int]) -> None:
         raise NotImplementedError
 
-    def _score_batch(self, items: list[list[int]]) -> list[Prediction | CategorizationError]:
+    def _score_batch(self, items: list[list[int]]) -> torch.Tensor:
         raise NotImplementedError
 
-    def categorize(self, texts: Sequence[str]) -> list[Prediction | CategorizationError]:
-        """One result per text, in order; an item that fails is a CategorizationError, not a raise."""
-        results: list[Prediction | CategorizationError | None] = [None] * len(texts)
-        encoded = []
-        for index, text in enumerate(texts):
-            if not text.strip():
-                results[index] = CategorizationError("the item has neither titulo nor resumen")
-            else:
-                encoded.append((index, self._encode(text)[: self.max_item_tokens] + self._suffix_ids))
-        # Similar lengths together: less padding per forward pass.
-        encoded.sort(key=lambda pair: len(pair[1]))
+    def _scores(self, texts: Sequence[str]) -> dict[int, torch.Tensor]:
+        """Category log-likelihoods of each non-empty text, by position."""
+        encoded = [
+            (index, self._encode(text)[: self.max_item_tokens] + self._suffix_ids)
+            for index, text in enumerate(texts)
+            if text.strip()
+        ]
+        encoded.sort(key=lambda pair: len(pair[1]))  # similar lengths together: less padding
+        scores = {}
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start : start + self.batch_size]
-            for (index, _), result in zip(chunk, self._score_batch([ids for _, ids in chunk]), strict=True):
-                results[index] = result
+            batch_scores = self._score_batch([ids for _, ids in chunk]).double().cpu()
+            scores.update((index, row) for (index, _), row in zip(chunk, batch_scores, strict=True))
+        return scores
+
+    def _mean_probabilities(self, texts: Sequence[str]) -> list[float]:
+        return torch.stack([row.softmax(-1) for row in self._scores(texts).values()]).mean(0).tolist()
+
+    def categorize(self, texts: Sequence[str]) -> list[Prediction | CategorizationError]:
+        """One result per text, in order; an item that fails is a CategorizationError, not a raise.
+
+        With calibration, each category's likelihood is divided by the model's mean probability for it
+        over a category-balanced set of news (its prior), which removes the model's bias toward a
+        favourite category; the confidence is the resulting probability among the categories."""
+        scores = self._scores(texts)
+        results: list[Prediction | CategorizationError] = [
+            CategorizationError("the item has neither titulo nor resumen") for _ in texts
+        ]
+        if scores:
+            indexes = sorted(scores)
+            calibrated = torch.stack([scores[index] for index in indexes]) - self.log_prior
+            for index, prediction in zip(indexes, self.trie.predictions(calibrated), strict=True):
+                results[index] = prediction
         return results
+
+
+def cached_prior(key: str, compute) -> list[float]:
+    """The calibration prior for `key` (model, prompt, texts), computed once and kept on disk."""
+    from ..settings import PROJECT_HOME
+
+    path = PROJECT_HOME / "models" / ".calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    prior = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text(json.dumps(prior))
+    partial.replace(path)
+    return prior
+
+
+def folder_fingerprint(model: str | None) -> str:
+    """What identifies a model folder's weights (names, sizes, times), or the hub id / None as given."""
+    if not model or not os.path.isdir(model):
+        return str(model)
+    entries = sorted(os.scandir(model), key=lambda entry: entry.name)
+    return "|".join(f"{e.name}:{e.stat().st_size}:{e.stat().st_mtime_ns}" for e in entries if e.is_file())

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from .labels import CategorizationError, LabelScoringCategorizer, Prediction
+from .labels import CategorizationError, LabelScoringCategorizer, Prediction, folder_fingerprint
 from .prompt import DEFAULT_CATEGORIES, parse_category
 
 GENERATE_PROMPT = (
@@ -24,13 +24,20 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_model(model_dir: str, device: str = "auto", adapter_dir: str | None = None):
-    """Model and tokenizer from an HF folder (or hub id), on `device`, with a LoRA adapter merged in.
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """'auto': bf16 on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16/AMX: twice the fp32
+    rate here), else fp32."""
+    if dtype != "auto":
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    if device.startswith("cuda") or torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
-    CPU runs in fp32 (bf16 matmuls are slower on these CPUs); CUDA in bf16.
-    """
+
+def load_model(model_dir: str, device: str = "auto", adapter_dir: str | None = None, dtype: str = "auto"):
+    """Model and tokenizer from an HF folder (or hub id), on `device`, with a LoRA adapter merged in."""
     device = resolve_device(device)
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    dtype = resolve_dtype(dtype, device)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
     if adapter_dir:
@@ -54,9 +61,11 @@ class TransformersCategorizer(LabelScoringCategorizer):
         categories: Sequence[str] = DEFAULT_CATEGORIES,
         adapter_dir: str | None = None,
         device: str = "auto",
-        max_item_tokens: int = 96,
+        dtype: str = "auto",
+        max_item_tokens: int = 64,
         batch_size: int = 16,
         method: str = "score",
+        calibration_texts: Sequence[str] = (),
     ):
         if method not in ("score", "generate"):
             raise ValueError(f"unknown categorisation method {method!r}: use 'score' or 'generate'")
@@ -64,13 +73,17 @@ class TransformersCategorizer(LabelScoringCategorizer):
         self.method = method
         self.max_item_tokens = max_item_tokens
         self.batch_size = batch_size
-        self.model, self.tokenizer = load_model(model_dir, device, adapter_dir)
+        self.model, self.tokenizer = load_model(model_dir, device, adapter_dir, dtype)
         self.device = self.model.device
+        self.fingerprint = json.dumps(
+            [folder_fingerprint(model_dir), folder_fingerprint(adapter_dir), str(self.model.dtype)]
+        )
         self._prepare()
-        self.trie = self.trie.to(self.device)
         self._node_ids = torch.tensor(self.trie.nodes, device=self.device)
         self._node_depths = torch.tensor(self.trie.depths, device=self.device)
         self._node_mask = self.trie.ancestor_mask().to(self.device)
+        if method == "score":
+            self._calibrate(calibration_texts)
 
     @torch.inference_mode()
     def _encode_prefix(self, prefix_ids: list[int]) -> None:
@@ -85,9 +98,14 @@ class TransformersCategorizer(LabelScoringCategorizer):
         return super().categorize(texts)
 
     @torch.inference_mode()
-    def _score_batch(self, items: list[list[int]]) -> list[Prediction | CategorizationError]:
+    def _score_batch(self, items: list[list[int]]) -> torch.Tensor:
         """One forward pass: each row is [item tokens, padding, trie nodes] after the shared prefix."""
-        batch, longest, n_nodes, prefix = len(items), max(map(len, items)), len(self.trie.nodes), self._prefix_len
+        batch, longest, n_nodes, prefix = (
+            len(items),
+            max(map(len, items)),
+            len(self.trie.nodes),
+            self._prefix_len,
+        )
         width = longest + n_nodes
         lengths = torch.tensor([len(ids) for ids in items], device=self.device)
         input_ids = torch.zeros(batch, width, dtype=torch.long, device=self.device)
@@ -121,14 +139,17 @@ class TransformersCategorizer(LabelScoringCategorizer):
         rows = torch.arange(batch, device=self.device)
         wanted = torch.cat([hidden[rows, lengths - 1][:, None], hidden[:, longest:]], dim=1)
         logprobs = torch.log_softmax(self.model.lm_head(wanted).float(), dim=-1)
-        return self.trie.predictions(self.trie.label_scores(logprobs).cpu())
+        return self.trie.label_scores(logprobs)
 
     @torch.inference_mode()
     def generate_answer(self, text: str, max_new_tokens: int = 50) -> str:
         """The original worker's call: a zero-shot chat prompt and a greedy free-form answer."""
         prompt = GENERATE_PROMPT.format(categories=", ".join(self.categories), text=text)
         ids = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            return_tensors="pt",
+            return_dict=True,
         ).to(self.device)
         output = self.model.generate(
             **ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=self.tokenizer.eos_token_id

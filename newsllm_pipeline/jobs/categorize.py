@@ -1,6 +1,5 @@
 """Jobs that categorise noticias and reset selections for re-categorisation."""
 
-
 import datetime as dt
 
 import dagster as dg

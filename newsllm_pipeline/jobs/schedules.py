@@ -1,6 +1,5 @@
 """Schedules: read the feeds regularly and refresh the statistics."""
 
-
 import dagster as dg
 
 from ..assets.noticias import noticias, noticias_category_stats

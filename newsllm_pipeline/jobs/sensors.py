@@ -1,6 +1,5 @@
 """Sensors: notice work and decide how many runs to launch; each run claims its own batch."""
 
-
 import math
 import time
 
@@ -30,7 +29,8 @@ def build_uncategorized_noticias_sensor(
             status = noticias_db.status()
             return dg.SkipReason(
                 f"no uncategorised noticias ({status['processed']} categorised, "
-                f"{status['failed_permanently']} failed {noticias_db.max_attempts} times, {status['claimed']} in progress)"
+                f"{status['failed_permanently']} failed {noticias_db.max_attempts} times, "
+                f"{status['claimed']} in progress)"
             )
         waiting = context.instance.get_runs_count(
             dg.RunsFilter(job_name=categorize_noticias_job.name, statuses=_WAITING)

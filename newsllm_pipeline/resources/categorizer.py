@@ -1,28 +1,59 @@
 """The LLM that categorises noticias, injected per job: backend, model folder, device, adapter."""
 
-
 import functools
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
-from ..categorizer import DEFAULT_CATEGORIES, CategorizationError, Prediction
+from ..categorizer import DEFAULT_CATEGORIES, CategorizationError, Prediction, item_text
 from ..models import resolve_model_dir
+
+PACKAGED_CALIBRATION = Path(__file__).parent.parent / "categorizer" / "calibration_es.jsonl"
+
+
+def calibration_texts(calibration: bool, calibration_file: str | None) -> tuple[str, ...]:
+    """Texts of a category-balanced JSONL file (titulo, resumen): the site's, else the packaged one."""
+    if not calibration:
+        return ()
+    path = Path(calibration_file) if calibration_file else PACKAGED_CALIBRATION
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return tuple(item_text(record.get("titulo"), record.get("resumen")) for record in records)
 
 
 @functools.cache
 def load_categorizer(
-    backend, model_dir, adapter_dir, device, categories, method, max_item_tokens, batch_size, gpu_split, cache_type,
+    backend,
+    model_dir,
+    adapter_dir,
+    device,
+    dtype,
+    categories,
+    method,
+    max_item_tokens,
+    batch_size,
+    calibration,
+    calibration_file,
+    gpu_split,
+    cache_type,
     max_seq_len,
 ):
     """Load a categoriser backend once per process (demo and tests run many jobs in one process)."""
     model_dir = resolve_model_dir(model_dir)
-    common = dict(categories=categories, max_item_tokens=max_item_tokens, batch_size=batch_size)
+    common = dict(
+        categories=categories,
+        max_item_tokens=max_item_tokens,
+        batch_size=batch_size,
+        calibration_texts=calibration_texts(calibration, calibration_file),
+    )
     if backend == "transformers":
         from ..categorizer.transformers_backend import TransformersCategorizer
 
-        return TransformersCategorizer(model_dir, adapter_dir=adapter_dir, device=device, method=method, **common)
+        return TransformersCategorizer(
+            model_dir, adapter_dir=adapter_dir, device=device, dtype=dtype, method=method, **common
+        )
     if backend == "exllamav2":
         if adapter_dir or method != "score":
             raise ValueError("the exllamav2 backend scores categories only and takes no adapter_dir")
@@ -45,14 +76,29 @@ class CategorizerResource(dg.ConfigurableResource):
     model_dir: str = Field(description="A Hugging Face model folder (or a hub id where there is internet)")
     adapter_dir: str | None = Field(default=None, description="A PEFT LoRA adapter folder (transformers only)")
     device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'…")
+    dtype: str = Field(
+        default="auto",
+        description="transformers: 'auto' (bf16 on CUDA and on CPUs with native bf16, else fp32), "
+        "'float32', 'bfloat16'",
+    )
     categories: list[str] = Field(default=list(DEFAULT_CATEGORIES))
     method: str = Field(
         default="score",
         description="'score': likelihood of every category (always a valid answer, calibrated among the "
         "categories); 'generate': the original free-form answer, parsed (transformers only)",
     )
-    max_item_tokens: int = Field(default=96, description="Item text is cut to this many tokens")
+    max_item_tokens: int = Field(default=64, description="Item text (titulo, then resumen) is cut to this many tokens")
     batch_size: int = Field(default=16, description="Items per forward pass")
+    calibration: bool = Field(
+        default=True,
+        description="Divide each category's likelihood by the model's prior for it, measured on a "
+        "category-balanced set of news, so a small model stops favouring one category",
+    )
+    calibration_file: str | None = Field(
+        default=None,
+        description="JSONL (titulo, resumen) balanced over your categories; default: the packaged Spanish "
+        "set, balanced over the 15 default categories",
+    )
     gpu_split: list[float] | None = Field(default=None, description="exllamav2: GB per GPU; None = autosplit")
     cache_type: str = Field(default="fp16", description="exllamav2 KV cache: 'fp16' or 'q4'")
     max_seq_len: int = Field(default=4096, description="exllamav2 cache length")

@@ -1,6 +1,5 @@
 """The noticias database: a SQLAlchemy URL (PostgreSQL for sites, SQLite by default)."""
 
-
 import datetime as dt
 
 import dagster as dg

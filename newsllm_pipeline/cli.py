@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sys
@@ -168,7 +167,7 @@ def demo():
     from .demo import run_demo
 
     os.environ.setdefault("DAGSTER_HOME", str(settings.PROJECT_HOME / "dagster_home"))
-    run_demo(echo=click.echo, started=dt.datetime.now())
+    run_demo(echo=click.echo)
 
 
 if __name__ == "__main__":

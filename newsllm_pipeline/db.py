@@ -93,16 +93,8 @@ def upgrade(engine: Engine) -> list[str]:
         for column in noticias.columns:
             if column.name in existing:
                 continue
-            ddl_type = column.type.compile(dialect=engine.dialect)
-            default = ""
-            if column.server_default is not None:
-                default = " DEFAULT " + str(
-                    column.server_default.arg.compile(dialect=engine.dialect)
-                    if hasattr(column.server_default.arg, "compile")
-                    else column.server_default.arg
-                )
-            not_null = " NOT NULL" if not column.nullable and default else ""
-            conn.exec_driver_sql(f"ALTER TABLE noticias ADD COLUMN {column.name} {ddl_type}{default}{not_null}")
+            ddl = sa.schema.CreateColumn(column).compile(dialect=engine.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE noticias ADD COLUMN {ddl}")
             changes.append(f"added column {column.name}")
     index_names = {ix["name"] for ix in sa.inspect(engine).get_indexes("noticias")}
     for index in noticias.indexes:

@@ -45,7 +45,7 @@ def gold_labels() -> dict[str, str]:
         return {row["url"]: row["categoria"] for row in csv.DictReader(handle)}
 
 
-def run_demo(echo: Callable[[str], None], started) -> None:
+def run_demo(echo: Callable[[str], None]) -> None:
     from .definitions import defs
 
     instance = dg.DagsterInstance.get()

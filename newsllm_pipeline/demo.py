@@ -60,6 +60,8 @@ def run_demo(echo: Callable[[str], None]) -> None:
     clock = time.perf_counter()
     runs = drain_backlog(defs, instance, echo)
     echo(f"    {runs} runs in {time.perf_counter() - clock:.0f}s")
+    if not runs:
+        echo("    everything was categorised by an earlier demo: `.venv/bin/newsllm reprocess` resets it")
 
     echo("3/3 category statistics")
     defs.resolve_job_def("category_stats_job").execute_in_process(run_config=QUIET, instance=instance)

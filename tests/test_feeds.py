@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
+import threading
+
 import sqlalchemy as sa
 from click.testing import CliRunner
 
@@ -60,3 +64,16 @@ def test_cli_ingest_exits_non_zero_on_a_bad_feed_but_keeps_the_good_ones(tmp_pat
     assert "valid_atom.xml: 4 items, 4 new" in result.output
     assert "not a readable RSS/Atom feed" in result.output
     assert len(_rows(db.create_db_engine(url))) == 4
+
+
+def test_feeds_are_fetched_over_http_and_a_missing_one_is_a_clear_error(engine):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(FEEDS))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        found, missing = ingest_feeds(engine, [f"{base}/valid_atom.xml", f"{base}/gone.xml"])
+    finally:
+        server.shutdown()
+    assert (found.items, found.new, found.error) == (4, 4, None)
+    assert "gone.xml: could not fetch the feed" in missing.error and "404" in missing.error

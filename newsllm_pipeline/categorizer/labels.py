@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..settings import PROJECT_HOME
 from .prompt import build_prompt
 
 
@@ -31,6 +32,9 @@ class Prediction:
 
 class CategorizationError(Exception):
     """An item the model could not categorise (an empty text, an answer that is not a category)."""
+
+
+EMPTY_ITEM = "the item has neither titulo nor resumen"
 
 
 @dataclass(frozen=True)
@@ -169,9 +173,7 @@ class LabelScoringCategorizer:
         over a category-balanced set of news (its prior), which removes the model's bias toward a
         favourite category; the confidence is the resulting probability among the categories."""
         scores = self._scores(texts)
-        results: list[Prediction | CategorizationError] = [
-            CategorizationError("the item has neither titulo nor resumen") for _ in texts
-        ]
+        results: list[Prediction | CategorizationError] = [CategorizationError(EMPTY_ITEM) for _ in texts]
         if scores:
             indexes = sorted(scores)
             calibrated = torch.stack([scores[index] for index in indexes]) - self.log_prior
@@ -182,8 +184,6 @@ class LabelScoringCategorizer:
 
 def cached_prior(key: str, compute) -> list[float]:
     """The calibration prior for `key` (model, prompt, texts), computed once and kept on disk."""
-    from ..settings import PROJECT_HOME
-
     path = PROJECT_HOME / "models" / ".calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from .labels import CategorizationError, LabelScoringCategorizer, Prediction, folder_fingerprint
+from .labels import EMPTY_ITEM, CategorizationError, LabelScoringCategorizer, Prediction, folder_fingerprint
 from .prompt import DEFAULT_CATEGORIES, parse_category
 
 GENERATE_PROMPT = (
@@ -29,9 +29,8 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     rate here), else fp32."""
     if dtype != "auto":
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    if device.startswith("cuda") or torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return torch.bfloat16 if device.startswith("cuda") or native_bf16 else torch.float32
 
 
 def load_model(model_dir: str, device: str = "auto", adapter_dir: str | None = None, dtype: str = "auto"):
@@ -158,7 +157,7 @@ class TransformersCategorizer(LabelScoringCategorizer):
 
     def _categorize_by_generation(self, text: str) -> Prediction | CategorizationError:
         if not text.strip():
-            return CategorizationError("the item has neither titulo nor resumen")
+            return CategorizationError(EMPTY_ITEM)
         answer = self.generate_answer(text)
         categoria = parse_category(answer, self.categories)
         if categoria is None:

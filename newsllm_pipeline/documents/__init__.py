@@ -1,0 +1,1 @@
+"""Documents: raw files to Docling Markdown with extracted images (offline layout recovery)."""

@@ -1,0 +1,128 @@
+"""Documents to Docling Markdown with extracted PNG images, offline.
+
+PDFs go through Docling's standard PDF pipeline with the font-heuristics layout engine
+(`layout.py`, a Docling plugin) in place of the layout model, OCR and table structure off: no ML
+model artifacts are needed, and Docling's own stages do reading order, captions, lists, picture
+crops and the Markdown export. DOCX, HTML and Markdown go through Docling's simple pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docling.pipeline.standard_pdf_pipeline as standard_pdf_pipeline
+from docling.datamodel.base_models import ConversionStatus, InputFormat
+from docling.datamodel.pipeline_options import PdfPipelineOptions
+from docling.document_converter import DocumentConverter, PdfFormatOption
+from docling.models.factories.table_factory import TableStructureFactory
+from docling_core.types.doc import ImageRefMode
+
+from .layout import FontLayoutOptions
+
+MARKDOWN_NAME = "texto.md"
+IMAGES_DIR = "imagenes_extraidas"
+DOCLING_JSON_NAME = "documento.json"
+FORMATS = [InputFormat.PDF, InputFormat.DOCX, InputFormat.HTML, InputFormat.MD]
+
+
+class DocumentConversionError(Exception):
+    """A document Docling could not convert (corrupt, encrypted, not what its name says)."""
+
+
+@dataclass
+class ConvertedDocument:
+    folder: Path
+    pages: int
+    pictures: int
+    tables: int
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def markdown_path(self) -> Path:
+        return self.folder / MARKDOWN_NAME
+
+    @property
+    def images(self) -> list[Path]:
+        return sorted((self.folder / IMAGES_DIR).glob("*.png"))
+
+
+@contextlib.contextmanager
+def _table_structure_without_torchvision():
+    """The standard pipeline builds its table-structure factory even with do_table_structure=False,
+    and the default table plugin imports torchvision (not installable on CPU machines) at import.
+    Offer it only the v1 model, whose heavy imports are lazy; it stays disabled."""
+    from docling.models.stages.table_structure.table_structure_model import TableStructureModel
+
+    def factory(allow_external_plugins: bool = False) -> TableStructureFactory:
+        tables = TableStructureFactory()
+        tables.register(TableStructureModel, "docling", "newsllm_pipeline")
+        return tables
+
+    original = standard_pdf_pipeline.get_table_structure_factory
+    standard_pdf_pipeline.get_table_structure_factory = factory
+    try:
+        yield
+    finally:
+        standard_pdf_pipeline.get_table_structure_factory = original
+
+
+def offline_converter(images_scale: float = 2.0) -> DocumentConverter:
+    """A converter that needs no model artifacts. `images_scale` sets the resolution of the picture
+    crops (2.0: twice the PDF's 72 dpi)."""
+    options = PdfPipelineOptions(
+        allow_external_plugins=True,  # the layout engine is this package's `docling` entry point
+        layout_options=FontLayoutOptions(),
+        do_ocr=False,
+        do_table_structure=False,
+        generate_page_images=False,
+        generate_picture_images=True,
+        images_scale=images_scale,
+    )
+    converter = DocumentConverter(
+        allowed_formats=FORMATS, format_options={InputFormat.PDF: PdfFormatOption(pipeline_options=options)}
+    )
+    with _table_structure_without_torchvision():
+        converter.initialize_pipeline(InputFormat.PDF)
+    return converter
+
+
+def convert_document(source: Path, out_dir: Path, converter: DocumentConverter) -> ConvertedDocument:
+    """Write `texto.md` (pictures as relative links into `imagenes_extraidas/`) and Docling's JSON
+    into `out_dir`. The folder appears complete or not at all; a failure raises
+    DocumentConversionError naming the file and the reason."""
+    started = time.perf_counter()
+    try:
+        result = converter.convert(source, raises_on_error=False)
+    except Exception as error:  # docling raises for formats it cannot even detect
+        raise DocumentConversionError(f"{source}: not a convertible document ({error})") from error
+    if result.status not in (ConversionStatus.SUCCESS, ConversionStatus.PARTIAL_SUCCESS):
+        reasons = "; ".join(item.error_message for item in result.errors) or result.status.value
+        raise DocumentConversionError(f"{source}: Docling could not convert it ({reasons})")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        # A relative artifacts_dir is resolved against the Markdown's folder and kept relative in links.
+        result.document.save_as_markdown(
+            staging / MARKDOWN_NAME, artifacts_dir=Path(IMAGES_DIR), image_mode=ImageRefMode.REFERENCED
+        )
+        result.document.save_as_json(staging / DOCLING_JSON_NAME)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    document = result.document
+    return ConvertedDocument(
+        folder=out_dir,
+        pages=len(document.pages),
+        pictures=len(document.pictures),
+        tables=len(document.tables),
+        seconds=time.perf_counter() - started,
+        warnings=[item.error_message for item in result.errors],
+    )

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from . import settings
+from .files import staged_file
 
 
 def _database_option(function):
@@ -114,10 +115,9 @@ def categorize(input_path, output_path, model_dir, adapter_dir, backend, device,
     )
     categorizer.load()
     chunk = batch_size * 4
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = output_path.with_name(output_path.name + ".partial")
     failed = 0
     with (
+        staged_file(output_path) as partial,
         partial.open("w", encoding="utf-8") as out,
         tqdm(total=len(records), unit="item", desc="categorising") as bar,
     ):
@@ -132,7 +132,6 @@ def categorize(input_path, output_path, model_dir, adapter_dir, backend, device,
                     failed += 1
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             bar.update(len(batch))
-    partial.replace(output_path)
     click.echo(f"{len(records) - failed} categorised, {failed} failed -> {output_path}")
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 import fcntl
 import importlib.util
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
+from .files import staged_folder
 from .settings import DEFAULT_MODEL_DIR
 
 log = logging.getLogger(__name__)
@@ -61,15 +60,9 @@ def prepare_base_model(out_dir: Path = DEFAULT_MODEL_DIR, force: bool = False) -
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-        try:
+        with staged_folder(out_dir) as staging:
             model.save_pretrained(staging)
             tokenizer.save_pretrained(staging)
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            staging.rename(out_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 

@@ -26,7 +26,7 @@ def test_categorize_jsonl_adds_categoria_and_confianza_and_passes_other_fields_t
     assert [r["id"] for r in records] == ["a", "b", "c"] and records[2]["fuente"] == "Agencia"
     assert records[0]["categoria"] in DEFAULT_CATEGORIES and 0 < records[0]["confianza"] <= 1
     assert records[1]["categoria"] is None and "neither titulo nor resumen" in records[1]["error"]
-    assert not list(out.parent.glob("*.partial"))
+    assert [path.name for path in out.parent.iterdir()] == ["result.jsonl"]
 
 
 def test_db_upgrade_then_status(tmp_path):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..files import write_text_atomically
 from ..settings import PROJECT_HOME
 from .prompt import build_prompt
 
@@ -188,10 +189,7 @@ def cached_prior(key: str, compute) -> list[float]:
     if path.exists():
         return json.loads(path.read_text())
     prior = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    partial.write_text(json.dumps(prior))
-    partial.replace(path)
+    write_text_atomically(path, json.dumps(prior))
     return prior
 
 

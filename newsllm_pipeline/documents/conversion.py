@@ -9,8 +9,6 @@ crops and the Markdown export. DOCX, HTML and Markdown go through Docling's simp
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +20,7 @@ from docling.document_converter import DocumentConverter, PdfFormatOption
 from docling.models.factories.table_factory import TableStructureFactory
 from docling_core.types.doc import ImageRefMode
 
+from ..files import staged_folder
 from .layout import FontLayoutOptions
 
 MARKDOWN_NAME = "texto.md"
@@ -104,19 +103,12 @@ def convert_document(source: Path, out_dir: Path, converter: DocumentConverter) 
     if result.status not in (ConversionStatus.SUCCESS, ConversionStatus.PARTIAL_SUCCESS):
         reasons = "; ".join(item.error_message for item in result.errors) or result.status.value
         raise DocumentConversionError(f"{source}: Docling could not convert it ({reasons})")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as staging:
         # A relative artifacts_dir is resolved against the Markdown's folder and kept relative in links.
         result.document.save_as_markdown(
             staging / MARKDOWN_NAME, artifacts_dir=Path(IMAGES_DIR), image_mode=ImageRefMode.REFERENCED
         )
         result.document.save_as_json(staging / DOCLING_JSON_NAME)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     document = result.document
     return ConvertedDocument(
         folder=out_dir,

@@ -14,15 +14,13 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
-_COMMENT = re.compile(r"<!--.*?-->", re.S)
+from .markdown import ESCAPED_CHARACTER, HTML_COMMENT, IMAGE_LINK, WORD
+
 _TAG = re.compile(r"</?[A-Za-z][^>]*>")
 _LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
 _LINE_MARK = re.compile(r"^\s*(?:#{1,6}\s+|[-*+]\s+|\d+[.)]\s+|>\s*)")
 _TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>~])")
 _EMPHASIS = re.compile(r"[*_`~]+")
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -34,24 +32,24 @@ class Fidelity:
 
 
 def plain_text(markdown: str) -> str:
-    markdown = _LINK.sub(r"\1", _IMAGE.sub(" ", _COMMENT.sub(" ", markdown)))
+    markdown = _LINK.sub(r"\1", IMAGE_LINK.sub(" ", HTML_COMMENT.sub(" ", markdown)))
     lines = []
     for line in _TAG.sub(" ", markdown).splitlines():
         if not _TABLE_SEPARATOR.match(line):
-            line = _ESCAPE.sub(r"\1", _LINE_MARK.sub("", line).replace("|", " "))
+            line = ESCAPED_CHARACTER.sub(r"\1", _LINE_MARK.sub("", line).replace("|", " "))
             lines.append(_EMPHASIS.sub(" ", line))
     return html.unescape("\n".join(lines))
 
 
 def word_counts(markdown: str) -> Counter:
-    return Counter(_WORD.findall(plain_text(markdown).lower()))
+    return Counter(WORD.findall(plain_text(markdown).lower()))
 
 
 def heading_lines(markdown: str) -> set[str]:
     found = set()
     for line in markdown.splitlines():
         if line.lstrip().startswith("#"):
-            text = html.unescape(_ESCAPE.sub(r"\1", line.lstrip().lstrip("#")))
+            text = html.unescape(ESCAPED_CHARACTER.sub(r"\1", line.lstrip().lstrip("#")))
             found.add(re.sub(r"\s+", " ", text).strip().lower())
     found.discard("")
     return found

@@ -30,6 +30,7 @@ dev: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/categorize.py
+	$(PY) benchmarks/documents.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check newsllm_pipeline tests benchmarks

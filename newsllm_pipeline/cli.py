@@ -159,6 +159,37 @@ def status(database_url):
     click.echo("  ".join(f"{key}={value}" for key, value in counts.items()))
 
 
+@main.command("process-document")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--describer", default="ocr", type=click.Choice(["ocr", "openai", "transformers"]), show_default=True)
+@click.option("--vision-url", default=None, help="openai describer: base URL of an OpenAI-compatible endpoint")
+@click.option("--vision-model", default=None, help="openai: model name; transformers: model folder")
+def process_document(source, out_dir, describer, vision_url, vision_model):
+    """The whole chain for one file without Dagster, in the original layout: texto.md,
+    imagenes_extraidas/, image_descriptions/, texto_final.md."""
+    from .documents.chain import extracted_images, write_described_markdown
+    from .documents.conversion import DocumentConversionError, convert_document, offline_converter
+    from .documents.descriptions import describe_images, write_descriptions
+    from .files import staged_folder
+    from .resources.documents import ImageDescriberResource
+
+    try:
+        converted = convert_document(source, out_dir, offline_converter())
+    except DocumentConversionError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"texto.md: {converted.pages} pages, {converted.pictures} pictures, {converted.seconds:.1f}s")
+    resource = ImageDescriberResource(backend=describer, url=vision_url, model=vision_model)
+    images = extracted_images(out_dir)
+    run = describe_images(images, resource.describer(), prompt=resource.question())
+    with staged_folder(out_dir / "image_descriptions") as staging:
+        write_descriptions(run, staging)
+    for image, error in run.failed.items():
+        click.echo(f"warning: {image}: {error}", err=True)
+    final, replaced, dropped = write_described_markdown(out_dir)
+    click.echo(f"{final.name}: {replaced} pictures described, {dropped} left out -> {out_dir}")
+
+
 @main.command()
 def demo():
     """Ingest the sample feeds and categorise them through the Dagster sensor and job, then show the

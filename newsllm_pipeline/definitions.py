@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dagster as dg
 
+from .assets import documents as document_assets
 from .assets import noticias as noticias_assets
 from .jobs.categorize import categorize_noticias_job, reprocess_noticias_job
+from .jobs.documents import process_documents_job, raw_documents_sensor, training_dataset_job
 from .jobs.schedules import (
     category_stats_job,
     category_stats_schedule,
@@ -18,7 +20,8 @@ from .jobs.schedules import (
 )
 from .jobs.sensors import build_uncategorized_noticias_sensor
 from .resources import CategorizerResource, NoticiasDatabase
-from .settings import DEFAULT_MODEL_DIR, default_database_url, env, site_setting
+from .resources.documents import DoclingConverterResource, DocumentStore, ImageDescriberResource
+from .settings import DEFAULT_MODEL_DIR, PROJECT_HOME, default_database_url, env, site_setting
 
 
 def build_resources() -> dict:
@@ -34,17 +37,37 @@ def build_resources() -> dict:
             adapter_dir=adapter_dir or None,
             device=site_setting("DEVICE", "auto"),
         ),
+        "document_store": DocumentStore(
+            inbox_dir=site_setting("INBOX_DIR", str(PROJECT_HOME / "data" / "raw_pdfs")),
+            work_dir=site_setting("DOCUMENTS_DIR", str(PROJECT_HOME / "data" / "documents")),
+            dataset_dir=site_setting("DATASET_DIR", str(PROJECT_HOME / "data" / "datasets" / "documents")),
+        ),
+        "docling_converter": DoclingConverterResource(mode=site_setting("DOCLING_MODE", "auto")),
+        "image_describer": ImageDescriberResource(
+            backend=site_setting("DESCRIBER", "ocr"),
+            url=site_setting("VISION_URL", "") or None,
+            model=site_setting("VISION_MODEL", "") or None,
+            api_key=site_setting("VISION_API_KEY", "") or None,
+        ),
     }
 
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([noticias_assets]),
+    assets=dg.load_assets_from_modules([noticias_assets, document_assets]),
     asset_checks=dg.load_asset_checks_from_modules([noticias_assets]),
-    jobs=[categorize_noticias_job, reprocess_noticias_job, ingest_noticias_job, category_stats_job],
+    jobs=[
+        categorize_noticias_job,
+        reprocess_noticias_job,
+        ingest_noticias_job,
+        category_stats_job,
+        process_documents_job,
+        training_dataset_job,
+    ],
     sensors=[
         build_uncategorized_noticias_sensor(
             batch_size=int(env("BATCH_SIZE", "10")), max_runs_per_tick=int(env("MAX_RUNS_PER_TICK", "4"))
-        )
+        ),
+        raw_documents_sensor,
     ],
     schedules=[ingest_noticias_schedule, category_stats_schedule],
     resources=build_resources(),

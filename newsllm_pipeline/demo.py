@@ -38,6 +38,33 @@ def drain_backlog(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Call
             echo(f"  run {result.run_id[:8]}: {output} noticias categorised")
 
 
+def process_documents(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Callable[[str], None]) -> None:
+    """Tick the inbox sensor once, run the document chain for each document it finds, build the dataset."""
+    sensor = defs.resolve_sensor_def("raw_documents_sensor")
+    resources = {"document_store": defs.resources["document_store"]}
+    with dg.build_sensor_context(instance=instance, resources=resources) as context:
+        # Called directly: the daemon would add the partitions before it validates the run requests.
+        tick = sensor(context)
+    if isinstance(tick, dg.SkipReason):
+        echo(f"    inbox sensor: {tick.skip_message}")
+        return
+    for request in tick.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    job = defs.resolve_job_def("process_documents_job")
+    for request in tick.run_requests:
+        result = job.execute_in_process(
+            partition_key=request.partition_key, instance=instance, run_config=QUIET, raise_on_error=False
+        )
+        echo(f"  {request.partition_key}: {'done' if result.success else 'FAILED (see the run in the UI)'}")
+    result = defs.resolve_job_def("training_dataset_job").execute_in_process(instance=instance, run_config=QUIET)
+    metadata = result.asset_materializations_for_node("training_dataset")[0].metadata
+    echo(
+        f"    dataset: {metadata['train'].value} train / {metadata['eval'].value} eval examples from "
+        f"{metadata['documents'].value} documents in {metadata['folder'].value}"
+    )
+    echo(metadata["sample"].value)
+
+
 def gold_labels() -> dict[str, str]:
     if not LABELS_CSV.exists():
         return {}
@@ -51,19 +78,19 @@ def run_demo(echo: Callable[[str], None]) -> None:
     instance = dg.DagsterInstance.get()
     echo(f"Dagster instance: {instance.root_directory}")
     database = defs.resources["noticias_db"]
-    echo("1/3 reading the sample feeds into noticias")
+    echo("1/4 reading the sample feeds into noticias")
     ingest = defs.resolve_job_def("ingest_noticias_job").execute_in_process(run_config=QUIET, instance=instance)
     materialization = ingest.asset_materializations_for_node("noticias")[0]
     echo(f"    {materialization.metadata['new_items'].value} new noticias")
 
-    echo("2/3 categorising with the local LLM (sensor -> categorize_noticias_job runs)")
+    echo("2/4 categorising with the local LLM (sensor -> categorize_noticias_job runs)")
     clock = time.perf_counter()
     runs = drain_backlog(defs, instance, echo)
     echo(f"    {runs} runs in {time.perf_counter() - clock:.0f}s")
     if not runs:
         echo("    everything was categorised by an earlier demo: `.venv/bin/newsllm reprocess` resets it")
 
-    echo("3/3 category statistics")
+    echo("3/4 category statistics")
     defs.resolve_job_def("category_stats_job").execute_in_process(run_config=QUIET, instance=instance)
     engine = db.create_db_engine(database_url())
     rows = db.fetch_categorized(engine)
@@ -81,4 +108,7 @@ def run_demo(echo: Callable[[str], None]) -> None:
             f"({correct / len(scored):.0%}; chance is {1 / 15:.0%}). The LoRA adapter is the lever for accuracy."
         )
     echo(f"status: {db.status_counts(engine, database.max_attempts)}")
-    echo("Open the Dagster UI with `make dev` to see the runs, the asset metadata and the sensor.")
+
+    echo("4/4 documents in data/raw_pdfs -> Docling Markdown, picture descriptions, instruction dataset")
+    process_documents(defs, instance, echo)
+    echo("Open the Dagster UI with `make dev` to see the runs, the asset metadata and the sensors.")

@@ -33,6 +33,35 @@ class DocumentConversionError(Exception):
     """A document Docling could not convert (corrupt, encrypted, not what its name says)."""
 
 
+_IMAGE_SIGNATURES = {b"\x89PNG\r\n\x1a\n": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image"}
+
+
+def _what_is_wrong(source: Path) -> str | None:
+    """Why a file named .pdf cannot be read as one, judged from the file itself (only after Docling failed,
+    so good files pay nothing); None when the file gives no clue."""
+    if source.suffix.lower() != ".pdf":
+        return None
+    if source.stat().st_size == 0:
+        return "the file is empty (0 bytes): download or copy it again"
+    with source.open("rb") as file:
+        head = file.read(1024)
+    if b"%PDF-" in head:
+        import pypdfium2
+
+        try:
+            pypdfium2.PdfDocument(source).close()
+        except pypdfium2.PdfiumError as error:
+            if "password" in str(error).lower():
+                return "the PDF is password-protected: give an unencrypted copy (e.g. `qpdf --decrypt`)"
+        return None
+    if b"<html" in head.lower() or head.lstrip().lower().startswith(b"<!doctype html"):
+        return "it is an HTML page, not a PDF (often a login or error page saved by a download): download it again"
+    for signature, kind in _IMAGE_SIGNATURES.items():
+        if head.startswith(signature):
+            return f"it is {kind}, not a PDF: convert it to PDF first"
+    return "it is not a PDF (no %PDF- header): check the download"
+
+
 @dataclass
 class ConvertedDocument:
     folder: Path
@@ -71,6 +100,12 @@ def _table_structure_without_torchvision():
         standard_pdf_pipeline.get_table_structure_factory = original
 
 
+def _converter(options: PdfPipelineOptions) -> DocumentConverter:
+    return DocumentConverter(
+        allowed_formats=FORMATS, format_options={InputFormat.PDF: PdfFormatOption(pipeline_options=options)}
+    )
+
+
 def offline_converter(images_scale: float = 2.0) -> DocumentConverter:
     """A converter that needs no model artifacts. `images_scale` sets the resolution of the picture
     crops (2.0: twice the PDF's 72 dpi)."""
@@ -83,12 +118,24 @@ def offline_converter(images_scale: float = 2.0) -> DocumentConverter:
         generate_picture_images=True,
         images_scale=images_scale,
     )
-    converter = DocumentConverter(
-        allowed_formats=FORMATS, format_options={InputFormat.PDF: PdfFormatOption(pipeline_options=options)}
-    )
+    converter = _converter(options)
     with _table_structure_without_torchvision():
         converter.initialize_pipeline(InputFormat.PDF)
     return converter
+
+
+def standard_converter(artifacts_path: str, images_scale: float = 2.0) -> DocumentConverter:
+    """Docling's model-based PDF pipeline (layout model, TableFormer) from local artifacts in the
+    `<owner>--<repo>/` layout `docling-tools models download` writes. Needs the `docling-models` extra."""
+    options = PdfPipelineOptions(
+        artifacts_path=artifacts_path,
+        do_ocr=False,
+        do_table_structure=True,
+        generate_page_images=False,
+        generate_picture_images=True,
+        images_scale=images_scale,
+    )
+    return _converter(options)
 
 
 def convert_document(source: Path, out_dir: Path, converter: DocumentConverter) -> ConvertedDocument:
@@ -99,10 +146,12 @@ def convert_document(source: Path, out_dir: Path, converter: DocumentConverter) 
     try:
         result = converter.convert(source, raises_on_error=False)
     except Exception as error:  # docling raises for formats it cannot even detect
-        raise DocumentConversionError(f"{source}: not a convertible document ({error})") from error
+        reason = _what_is_wrong(source) or f"not a convertible document ({error})"
+        raise DocumentConversionError(f"{source}: {reason}") from error
     if result.status not in (ConversionStatus.SUCCESS, ConversionStatus.PARTIAL_SUCCESS):
-        reasons = "; ".join(item.error_message for item in result.errors) or result.status.value
-        raise DocumentConversionError(f"{source}: Docling could not convert it ({reasons})")
+        docling_says = "; ".join(item.error_message for item in result.errors) or result.status.value
+        reason = _what_is_wrong(source) or f"Docling could not convert it ({docling_says})"
+        raise DocumentConversionError(f"{source}: {reason}")
     with staged_folder(out_dir) as staging:
         # A relative artifacts_dir is resolved against the Markdown's folder and kept relative in links.
         result.document.save_as_markdown(

@@ -3,6 +3,6 @@
 import re
 
 HTML_COMMENT = re.compile(r"<!--.*?-->", re.S)  # Docling's "<!-- image -->" placeholders among them
-IMAGE_LINK = re.compile(r"!\[[^\]]*\]\([^)]*\)")
+IMAGE_LINK = re.compile(r"!\[[^\]]*\]\(([^)]*)\)")  # group 1: the image's path
 ESCAPED_CHARACTER = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|<>~])")
 WORD = re.compile(r"\w+")

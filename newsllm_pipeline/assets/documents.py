@@ -1,0 +1,210 @@
+"""Document assets: raw files → Docling Markdown + images → image descriptions → described Markdown
+(one dynamic partition per document) → the instruction dataset (all documents)."""
+
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from ..documents.chain import content_hash, extracted_images, write_described_markdown
+from ..documents.dataset import build_dataset, examples_from_sections, split_sections, write_dataset
+from ..files import staged_folder
+from ..resources.documents import DoclingConverterResource, DocumentStore, ImageDescriberResource
+
+documents_partitions = dg.DynamicPartitionsDefinition(name="documents")
+GROUP = "documents"
+
+
+def _preview(text: str, limit: int = 1500) -> dg.MetadataValue:
+    return dg.MetadataValue.md(text[:limit] + ("\n\n…" if len(text) > limit else ""))
+
+
+@dg.asset(
+    partitions_def=documents_partitions,
+    group_name=GROUP,
+    description="A document dropped in the inbox (PDF, DOCX, HTML, Markdown), identified by its content hash.",
+)
+def raw_documents(context: dg.AssetExecutionContext, document_store: DocumentStore) -> dg.MaterializeResult:
+    source = document_store.source(context.partition_key)
+    digest = content_hash(source)
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(digest),
+        metadata={"path": dg.MetadataValue.path(str(source)), "sha256": digest, "bytes": source.stat().st_size},
+    )
+
+
+@dg.asset(
+    partitions_def=documents_partitions,
+    group_name=GROUP,
+    deps=[raw_documents],
+    kinds={"docling"},
+    description="texto.md with every picture saved as a PNG under imagenes_extraidas/, plus Docling's JSON.",
+)
+def docling_markdown(
+    context: dg.AssetExecutionContext, document_store: DocumentStore, docling_converter: DoclingConverterResource
+) -> dg.MaterializeResult:
+    from ..documents.conversion import DocumentConversionError, convert_document
+
+    key = context.partition_key
+    mode, reason = docling_converter.resolved_mode()
+    context.log.info(f"converting {key} in {mode} mode ({reason})")
+    try:
+        converted = convert_document(
+            document_store.source(key), document_store.folder(key), docling_converter.converter()
+        )
+    except DocumentConversionError as error:
+        raise dg.Failure(str(error)) from error
+    for warning in converted.warnings:
+        context.log.warning(warning)
+    markdown = converted.markdown_path.read_text(encoding="utf-8")
+    return dg.MaterializeResult(
+        metadata={
+            "mode": mode,
+            "mode_reason": reason,
+            "pages": converted.pages,
+            "pictures": converted.pictures,
+            "tables": converted.tables,
+            "seconds": round(converted.seconds, 2),
+            "pages_per_second": round(converted.pages / converted.seconds, 2) if converted.seconds else 0.0,
+            "markdown": dg.MetadataValue.path(str(converted.markdown_path)),
+            "preview": _preview(markdown),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=documents_partitions,
+    group_name=GROUP,
+    deps=[docling_markdown],
+    description="One description per extracted picture (JSON and Markdown per image); tiny pictures are skipped.",
+)
+def image_descriptions(
+    context: dg.AssetExecutionContext, document_store: DocumentStore, image_describer: ImageDescriberResource
+) -> dg.MaterializeResult:
+    from ..documents.chain import DESCRIPTIONS_DIR
+    from ..documents.descriptions import describe_images, write_descriptions
+
+    folder = document_store.folder(context.partition_key)
+    images = extracted_images(folder)
+    context.log.info(f"describing {len(images)} pictures with the {image_describer.backend} backend")
+    run = describe_images(
+        images, image_describer.describer(), prompt=image_describer.question(), min_side_px=image_describer.min_side_px
+    )
+    for image, error in run.failed.items():
+        context.log.warning(f"{image}: {error}")
+    with staged_folder(folder / DESCRIPTIONS_DIR) as staging:
+        write_descriptions(run, staging)
+    table = pd.DataFrame(
+        [{"image": Path(d.image).name, "seconds": d.seconds, "description": d.text[:160]} for d in run.descriptions],
+        columns=["image", "seconds", "description"],
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "backend": image_describer.backend,
+            "pictures": len(images),
+            "described": len(run.descriptions),
+            "skipped_small": len(run.skipped),
+            "failed": len(run.failed),
+            "descriptions": dg.MetadataValue.md(table.to_markdown(index=False)),
+        }
+    )
+
+
+@dg.asset(
+    partitions_def=documents_partitions,
+    group_name=GROUP,
+    deps=[image_descriptions],
+    description="texto_final.md: the Markdown with every picture link replaced by its description.",
+)
+def described_markdown(context: dg.AssetExecutionContext, document_store: DocumentStore) -> dg.MaterializeResult:
+    path, replaced, dropped = write_described_markdown(document_store.folder(context.partition_key))
+    return dg.MaterializeResult(
+        metadata={
+            "path": dg.MetadataValue.path(str(path)),
+            "pictures_described": replaced,
+            "pictures_dropped": dropped,
+            "preview": _preview(path.read_text(encoding="utf-8")),
+        }
+    )
+
+
+class TrainingDatasetConfig(dg.Config):
+    eval_share: float = Field(default=0.1, description="Share of examples held out for evaluation")
+    min_output_chars: int = Field(default=40)
+    max_output_chars: int = Field(default=2000)
+    max_examples: int | None = Field(default=None, description="Keep at most this many examples")
+
+
+DATASET_CHECKS = [
+    dg.AssetCheckSpec("not_empty", asset="training_dataset", description="At least one training example"),
+    dg.AssetCheckSpec("no_duplicate_instructions", asset="training_dataset"),
+    dg.AssetCheckSpec("output_lengths_within_bounds", asset="training_dataset"),
+    dg.AssetCheckSpec(
+        "uses_image_descriptions", asset="training_dataset", description="Some examples use figure descriptions"
+    ),
+]
+
+
+@dg.asset(
+    group_name=GROUP,
+    deps=[described_markdown],
+    kinds={"parquet"},
+    check_specs=DATASET_CHECKS,
+    description="All described documents as an alpaca instruction dataset (JSONL, Parquet, dataset_info.json).",
+)
+def training_dataset(
+    context: dg.AssetExecutionContext, config: TrainingDatasetConfig, document_store: DocumentStore
+) -> dg.MaterializeResult:
+    from ..documents.chain import FINAL_MARKDOWN_NAME
+
+    keys = context.instance.get_dynamic_partitions(documents_partitions.name)
+    finals = {key: document_store.folder(key) / FINAL_MARKDOWN_NAME for key in keys}
+    missing = sorted(key for key, path in finals.items() if not path.exists())
+    if missing:
+        context.log.warning(f"not yet described, left out: {', '.join(missing)}")
+    names = {key: path.stem for key, path in document_store.inbox().items()}  # "informe anual", not its key
+    examples = []
+    for key, path in sorted(finals.items()):
+        if path.exists():
+            sections = split_sections(names.get(key, key), path.read_text(encoding="utf-8"))
+            examples += examples_from_sections(sections, config.min_output_chars, config.max_output_chars)
+    examples = examples[: config.max_examples] if config.max_examples else examples
+    dataset = build_dataset(examples, eval_share=config.eval_share)
+    stats = dataset.stats
+    checks = [
+        dg.AssetCheckResult(check_name="not_empty", passed=bool(dataset.train)),
+        dg.AssetCheckResult(
+            check_name="no_duplicate_instructions",
+            passed=len({e.instruction for e in dataset.train + dataset.eval}) == len(dataset.train + dataset.eval),
+        ),
+        dg.AssetCheckResult(
+            check_name="output_lengths_within_bounds",
+            passed=all(
+                config.min_output_chars <= len(e.output) <= config.max_output_chars
+                for e in dataset.train + dataset.eval
+            ),
+        ),
+        dg.AssetCheckResult(
+            check_name="uses_image_descriptions",
+            passed=stats.image_description_share > 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"share": stats.image_description_share},
+        ),
+    ]
+    if not dataset.train:
+        return dg.MaterializeResult(check_results=checks, metadata={"documents": len(keys), "examples": 0})
+    files = write_dataset(dataset, Path(document_store.dataset_dir))
+    sample = pd.DataFrame([{"instruction": e.instruction, "output": e.output[:200]} for e in dataset.train[:10]])
+    return dg.MaterializeResult(
+        check_results=checks,
+        metadata={
+            "documents": len(keys) - len(missing),
+            "train": len(dataset.train),
+            "eval": len(dataset.eval),
+            "duplicates_removed": stats.duplicates_removed,
+            "image_description_share": round(stats.image_description_share, 3),
+            "folder": dg.MetadataValue.path(str(files.folder)),
+            "sample": dg.MetadataValue.md(sample.to_markdown(index=False)),
+        },
+    )

@@ -1,0 +1,99 @@
+"""The document chain through Dagster: inbox sensor, partitions, a two-document backfill, a corrupt
+document failing alone, and the dataset with its checks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from newsllm_pipeline.assets.documents import (
+    described_markdown,
+    docling_markdown,
+    image_descriptions,
+    raw_documents,
+    training_dataset,
+)
+from newsllm_pipeline.documents.dataset import FIGURE_MARKER
+from newsllm_pipeline.jobs.documents import raw_documents_sensor
+from newsllm_pipeline.resources.documents import DoclingConverterResource, DocumentStore, ImageDescriberResource
+
+SHARED_PDFS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pdfs"
+CHAIN = [raw_documents, docling_markdown, image_descriptions, described_markdown]
+
+
+@pytest.fixture
+def store(tmp_path) -> DocumentStore:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("picture_classification.pdf", "misdirection_es.pdf"):
+        shutil.copy(SHARED_PDFS / name, inbox / name)
+    (inbox / "Roto Informe.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 20)
+    return DocumentStore(
+        inbox_dir=str(inbox), work_dir=str(tmp_path / "documents"), dataset_dir=str(tmp_path / "dataset")
+    )
+
+
+@pytest.fixture
+def resources(store):
+    return {
+        "document_store": store,
+        "docling_converter": DoclingConverterResource(mode="offline"),
+        "image_describer": ImageDescriberResource(backend="ocr"),
+    }
+
+
+def _tick(instance, store, cursor=None):
+    with dg.build_sensor_context(instance=instance, cursor=cursor, resources={"document_store": store}) as context:
+        return raw_documents_sensor(context), context.cursor
+
+
+def test_sensor_adds_a_partition_per_document_and_reruns_only_changed_ones(store):
+    with dg.instance_for_test() as instance:
+        result, _ = _tick(instance, store)
+        keys = ["misdirection_es_pdf", "picture_classification_pdf", "roto_informe_pdf"]
+        assert sorted(result.dynamic_partitions_requests[0].partition_keys) == keys
+        assert sorted(request.partition_key for request in result.run_requests) == keys
+        instance.add_dynamic_partitions("documents", keys)
+        idle, _ = _tick(instance, store, result.cursor)
+        assert isinstance(idle, dg.SkipReason) and "none new or changed" in idle.skip_message
+        (Path(store.inbox_dir) / "misdirection_es.pdf").write_bytes((SHARED_PDFS / "multi_page.pdf").read_bytes())
+        changed, _ = _tick(instance, store, result.cursor)
+        assert [request.partition_key for request in changed.run_requests] == ["misdirection_es_pdf"]
+        assert not changed.dynamic_partitions_requests
+        assert changed.run_requests[0].run_key != next(
+            r.run_key for r in result.run_requests if r.partition_key == "misdirection_es_pdf"
+        )
+
+
+def test_two_document_backfill_a_corrupt_one_fails_alone_and_the_dataset_is_built(store, resources):
+    with dg.instance_for_test() as instance:
+        keys = ["misdirection_es_pdf", "picture_classification_pdf", "roto_informe_pdf"]
+        instance.add_dynamic_partitions("documents", keys)
+        for key in keys[:2]:
+            assert dg.materialize(CHAIN, partition_key=key, instance=instance, resources=resources).success
+        broken = dg.materialize(
+            CHAIN, partition_key=keys[2], instance=instance, resources=resources, raise_on_error=False
+        )
+        assert not broken.success
+        failure = next(event for event in broken.all_events if event.is_step_failure)
+        assert "Roto Informe.pdf: Docling could not convert it" in failure.event_specific_data.error.message
+        assert not (Path(store.work_dir) / keys[2]).exists()
+
+        folder = Path(store.work_dir) / "picture_classification_pdf"
+        assert (folder / "texto.md").exists() and list((folder / "imagenes_extraidas").glob("*.png"))
+        assert list((folder / "image_descriptions").glob("*.json"))
+        final = (folder / "texto_final.md").read_text(encoding="utf-8")
+        assert FIGURE_MARKER in final and "](imagenes_extraidas/" not in final
+
+        dataset = dg.materialize([training_dataset], instance=instance, resources=resources)
+        metadata = dataset.asset_materializations_for_node("training_dataset")[0].metadata
+        assert metadata["documents"].value == 2 and metadata["train"].value > 0
+        checks = {check.check_name: check.passed for check in dataset.get_asset_check_evaluations()}
+        assert checks == dict.fromkeys(
+            ["not_empty", "no_duplicate_instructions", "output_lengths_within_bounds", "uses_image_descriptions"], True
+        )
+        assert (Path(store.dataset_dir) / "train.jsonl").exists()
+        assert (Path(store.dataset_dir) / "dataset_info.json").exists()

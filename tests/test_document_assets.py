@@ -97,3 +97,15 @@ def test_two_document_backfill_a_corrupt_one_fails_alone_and_the_dataset_is_buil
         )
         assert (Path(store.dataset_dir) / "train.jsonl").exists()
         assert (Path(store.dataset_dir) / "dataset_info.json").exists()
+
+
+def test_converter_mode_auto_uses_standard_only_with_artifacts(tmp_path, monkeypatch):
+    monkeypatch.delenv("DOCLING_ARTIFACTS_PATH", raising=False)
+    mode, reason = DoclingConverterResource(mode="auto").resolved_mode()
+    assert mode == "offline" and "no Docling model artifacts" in reason
+    (tmp_path / "docling-project--docling-layout-heron").mkdir()
+    monkeypatch.setenv("DOCLING_ARTIFACTS_PATH", str(tmp_path))
+    assert DoclingConverterResource(mode="auto").resolved_mode()[0] == "standard"
+    assert DoclingConverterResource(mode="offline").resolved_mode()[0] == "offline"
+    with pytest.raises(dg.Failure, match="standard mode needs Docling's model artifacts"):
+        DoclingConverterResource(mode="standard", artifacts_path=str(tmp_path / "missing")).resolved_mode()

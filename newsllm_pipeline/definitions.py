@@ -20,7 +20,12 @@ from .jobs.schedules import (
 )
 from .jobs.sensors import build_uncategorized_noticias_sensor
 from .resources import CategorizerResource, NoticiasDatabase
-from .resources.documents import DoclingConverterResource, DocumentStore, ImageDescriberResource
+from .resources.documents import (
+    DoclingConverterResource,
+    DocumentStore,
+    ImageDescriberResource,
+    TextGeneratorResource,
+)
 from .settings import DEFAULT_MODEL_DIR, PROJECT_HOME, default_database_url, env, site_setting
 
 
@@ -42,12 +47,17 @@ def build_resources() -> dict:
             work_dir=site_setting("DOCUMENTS_DIR", str(PROJECT_HOME / "data" / "documents")),
             dataset_dir=site_setting("DATASET_DIR", str(PROJECT_HOME / "data" / "datasets" / "documents")),
         ),
-        "docling_converter": DoclingConverterResource(mode=site_setting("DOCLING_MODE", "auto")),
+        "docling_converter": DoclingConverterResource(
+            mode=site_setting("DOCLING_MODE", "auto"), ocr=env("DOCLING_OCR", "0") not in ("0", "", "false")
+        ),
         "image_describer": ImageDescriberResource(
             backend=site_setting("DESCRIBER", "ocr"),
             url=site_setting("VISION_URL", "") or None,
             model=site_setting("VISION_MODEL", "") or None,
             api_key=site_setting("VISION_API_KEY", "") or None,
+        ),
+        "text_generator": TextGeneratorResource(
+            model_dir=site_setting("GENERATOR_MODEL_DIR", "") or site_setting("MODEL_DIR", str(DEFAULT_MODEL_DIR))
         ),
     }
 

@@ -18,7 +18,12 @@ from newsllm_pipeline.assets.documents import (
 )
 from newsllm_pipeline.documents.dataset import FIGURE_MARKER
 from newsllm_pipeline.jobs.documents import raw_documents_sensor
-from newsllm_pipeline.resources.documents import DoclingConverterResource, DocumentStore, ImageDescriberResource
+from newsllm_pipeline.resources.documents import (
+    DoclingConverterResource,
+    DocumentStore,
+    ImageDescriberResource,
+    TextGeneratorResource,
+)
 
 SHARED_PDFS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pdfs"
 CHAIN = [raw_documents, docling_markdown, image_descriptions, described_markdown]
@@ -37,11 +42,12 @@ def store(tmp_path) -> DocumentStore:
 
 
 @pytest.fixture
-def resources(store):
+def resources(store, model_dir):
     return {
         "document_store": store,
         "docling_converter": DoclingConverterResource(mode="offline"),
         "image_describer": ImageDescriberResource(backend="ocr"),
+        "text_generator": TextGeneratorResource(model_dir=model_dir, max_new_tokens=24),
     }
 
 
@@ -97,6 +103,18 @@ def test_two_document_backfill_a_corrupt_one_fails_alone_and_the_dataset_is_buil
         )
         assert (Path(store.dataset_dir) / "train.jsonl").exists()
         assert (Path(store.dataset_dir) / "dataset_info.json").exists()
+
+        # The llm strategy asks the packaged model for grounded question-answer pairs per chunk.
+        synthesised = dg.materialize(
+            [training_dataset],
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"training_dataset": {"config": {"strategy": "llm"}}}},
+        )
+        metadata = synthesised.asset_materializations_for_node("training_dataset")[0].metadata
+        chunks = metadata["chunks"].value
+        assert chunks > 0
+        assert chunks == sum(metadata[key].value for key in ("kept", "unparseable", "ungrounded", "invalid"))
 
 
 def test_converter_mode_auto_uses_standard_only_with_artifacts(tmp_path, monkeypatch):

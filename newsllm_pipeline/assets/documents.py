@@ -9,8 +9,14 @@ from pydantic import Field
 
 from ..documents.chain import content_hash, extracted_images, write_described_markdown
 from ..documents.dataset import build_dataset, examples_from_sections, split_sections, write_dataset
+from ..documents.synthesis import synthesize_examples
 from ..files import staged_folder
-from ..resources.documents import DoclingConverterResource, DocumentStore, ImageDescriberResource
+from ..resources.documents import (
+    DoclingConverterResource,
+    DocumentStore,
+    ImageDescriberResource,
+    TextGeneratorResource,
+)
 
 documents_partitions = dg.DynamicPartitionsDefinition(name="documents")
 GROUP = "documents"
@@ -130,6 +136,12 @@ def described_markdown(context: dg.AssetExecutionContext, document_store: Docume
 
 
 class TrainingDatasetConfig(dg.Config):
+    strategy: str = Field(
+        default="sections",
+        description="'sections': headings and their text become instruction/output pairs (deterministic); "
+        "'llm': the text generator writes a question and answer per chunk, kept only when grounded in the text",
+    )
+    min_grounding: float = Field(default=0.6, description="llm: share of the answer's words found in the chunk")
     eval_share: float = Field(default=0.1, description="Share of examples held out for evaluation")
     min_output_chars: int = Field(default=40)
     max_output_chars: int = Field(default=2000)
@@ -154,7 +166,10 @@ DATASET_CHECKS = [
     description="All described documents as an alpaca instruction dataset (JSONL, Parquet, dataset_info.json).",
 )
 def training_dataset(
-    context: dg.AssetExecutionContext, config: TrainingDatasetConfig, document_store: DocumentStore
+    context: dg.AssetExecutionContext,
+    config: TrainingDatasetConfig,
+    document_store: DocumentStore,
+    text_generator: TextGeneratorResource,
 ) -> dg.MaterializeResult:
     from ..documents.chain import FINAL_MARKDOWN_NAME
 
@@ -164,11 +179,33 @@ def training_dataset(
     if missing:
         context.log.warning(f"not yet described, left out: {', '.join(missing)}")
     names = {key: path.stem for key, path in document_store.inbox().items()}  # "informe anual", not its key
-    examples = []
-    for key, path in sorted(finals.items()):
-        if path.exists():
-            sections = split_sections(names.get(key, key), path.read_text(encoding="utf-8"))
-            examples += examples_from_sections(sections, config.min_output_chars, config.max_output_chars)
+    sections = [
+        section
+        for key, path in sorted(finals.items())
+        if path.exists()
+        for section in split_sections(names.get(key, key), path.read_text(encoding="utf-8"))
+    ]
+    synthesis = {}
+    if config.strategy == "sections":
+        examples = examples_from_sections(sections, config.min_output_chars, config.max_output_chars)
+    elif config.strategy == "llm":
+        run = synthesize_examples(
+            sections,
+            text_generator.generator(),
+            max_examples=config.max_examples,
+            min_grounding=config.min_grounding,
+            progress=lambda done, total: context.log.info(f"synthesised {done}/{total} chunks"),
+        )
+        examples = run.examples
+        synthesis = {
+            "chunks": run.chunks,
+            "kept": len(run.examples),
+            "unparseable": run.unparseable,
+            "ungrounded": run.ungrounded,
+            "invalid": run.invalid,
+        }
+    else:
+        raise dg.Failure(f"unknown dataset strategy {config.strategy!r}: use 'sections' or 'llm'")
     examples = examples[: config.max_examples] if config.max_examples else examples
     dataset = build_dataset(examples, eval_share=config.eval_share)
     stats = dataset.stats
@@ -193,12 +230,17 @@ def training_dataset(
         ),
     ]
     if not dataset.train:
-        return dg.MaterializeResult(check_results=checks, metadata={"documents": len(keys), "examples": 0})
+        return dg.MaterializeResult(
+            check_results=checks,
+            metadata={"strategy": config.strategy, **synthesis, "documents": len(keys), "examples": 0},
+        )
     files = write_dataset(dataset, Path(document_store.dataset_dir))
     sample = pd.DataFrame([{"instruction": e.instruction, "output": e.output[:200]} for e in dataset.train[:10]])
     return dg.MaterializeResult(
         check_results=checks,
         metadata={
+            "strategy": config.strategy,
+            **synthesis,
             "documents": len(keys) - len(missing),
             "train": len(dataset.train),
             "eval": len(dataset.eval),

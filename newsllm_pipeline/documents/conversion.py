@@ -1,9 +1,11 @@
 """Documents to Docling Markdown with extracted PNG images, offline.
 
 PDFs go through Docling's standard PDF pipeline with the font-heuristics layout engine
-(`layout.py`, a Docling plugin) in place of the layout model, OCR and table structure off: no ML
+(`layout.py`, a Docling plugin) in place of the layout model and table structure off: no ML
 model artifacts are needed, and Docling's own stages do reading order, captions, lists, picture
-crops and the Markdown export. DOCX, HTML and Markdown go through Docling's simple pipeline.
+crops and the Markdown export. OCR for scanned pages is optional and uses the RapidOCR ONNX models
+that ship inside the `rapidocr` wheel, so it too works offline. DOCX, HTML and Markdown go through
+Docling's simple pipeline.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import docling.pipeline.standard_pdf_pipeline as standard_pdf_pipeline
 from docling.datamodel.base_models import ConversionStatus, InputFormat
-from docling.datamodel.pipeline_options import PdfPipelineOptions
+from docling.datamodel.pipeline_options import PdfPipelineOptions, RapidOcrOptions
 from docling.document_converter import DocumentConverter, PdfFormatOption
 from docling.models.factories.table_factory import TableStructureFactory
 from docling_core.types.doc import ImageRefMode
@@ -106,18 +108,36 @@ def _converter(options: PdfPipelineOptions) -> DocumentConverter:
     )
 
 
-def offline_converter(images_scale: float = 2.0) -> DocumentConverter:
+def _bundled_rapidocr_options() -> RapidOcrOptions:
+    """RapidOCR on the PP-OCRv6 models in the installed wheel (the multilingual recognizer reads Spanish).
+    Pinning every path keeps RapidOCR from resolving, and so downloading, models of its own; a missing
+    file fails at start-up with the path."""
+    import rapidocr
+
+    models = Path(rapidocr.__file__).parent / "models"
+    return RapidOcrOptions(
+        lang=["es"],
+        det_model_path=str(models / "PP-OCRv6_det_small.onnx"),
+        rec_model_path=str(models / "PP-OCRv6_rec_small.onnx"),
+        cls_model_path=str(models / "ch_ppocr_mobile_v2.0_cls_mobile.onnx"),
+    )
+
+
+def offline_converter(images_scale: float = 2.0, ocr: bool = False) -> DocumentConverter:
     """A converter that needs no model artifacts. `images_scale` sets the resolution of the picture
-    crops (2.0: twice the PDF's 72 dpi)."""
+    crops (2.0: twice the PDF's 72 dpi). `ocr` reads the text of scanned pages (bitmaps with no text
+    layer) with RapidOCR; its lines reach the layout engine as the page's text cells."""
     options = PdfPipelineOptions(
         allow_external_plugins=True,  # the layout engine is this package's `docling` entry point
         layout_options=FontLayoutOptions(),
-        do_ocr=False,
+        do_ocr=ocr,
         do_table_structure=False,
         generate_page_images=False,
         generate_picture_images=True,
         images_scale=images_scale,
     )
+    if ocr:
+        options.ocr_options = _bundled_rapidocr_options()
     converter = _converter(options)
     with _table_structure_without_torchvision():
         converter.initialize_pipeline(InputFormat.PDF)
@@ -138,6 +158,20 @@ def standard_converter(artifacts_path: str, images_scale: float = 2.0) -> Docume
     return _converter(options)
 
 
+def _require_content(source: Path, result, converter: DocumentConverter) -> None:
+    """A PDF that yields neither text nor pictures is a scan read without OCR: say so instead of writing
+    an empty texto.md (Docling also drops a picture covering a whole page)."""
+    document = result.document
+    if source.suffix.lower() != ".pdf" or document.texts or document.pictures or document.tables:
+        return
+    pdf_options = converter.format_to_options[InputFormat.PDF].pipeline_options
+    if not pdf_options.do_ocr:
+        raise DocumentConversionError(
+            f"{source}: no text layer and OCR is off: enable OCR (`ocr: true` on docling_converter, "
+            "NEWSLLM_DOCLING_OCR=1) or give a text PDF"
+        )
+
+
 def convert_document(source: Path, out_dir: Path, converter: DocumentConverter) -> ConvertedDocument:
     """Write `texto.md` (pictures as relative links into `imagenes_extraidas/`) and Docling's JSON
     into `out_dir`. The folder appears complete or not at all; a failure raises
@@ -152,6 +186,7 @@ def convert_document(source: Path, out_dir: Path, converter: DocumentConverter) 
         docling_says = "; ".join(item.error_message for item in result.errors) or result.status.value
         reason = _what_is_wrong(source) or f"Docling could not convert it ({docling_says})"
         raise DocumentConversionError(f"{source}: {reason}")
+    _require_content(source, result, converter)
     with staged_folder(out_dir) as staging:
         # A relative artifacts_dir is resolved against the Markdown's folder and kept relative in links.
         result.document.save_as_markdown(

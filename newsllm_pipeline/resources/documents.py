@@ -38,6 +38,11 @@ class DoclingConverterResource(dg.ConfigurableResource):
     mode: str = Field(default="auto", description="'offline', 'standard' or 'auto'")
     artifacts_path: str | None = Field(default=None, description="Docling model artifacts (standard mode)")
     images_scale: float = Field(default=2.0, description="Resolution of picture crops (1.0 = 72 dpi)")
+    ocr: bool = Field(
+        default=False,
+        description="offline: read pages without a text layer with RapidOCR (its models ship in its wheel); "
+        "costs 1–2 s per page with pictures, so enable it for scanned documents",
+    )
 
     _converter = PrivateAttr(default=None)
 
@@ -64,7 +69,7 @@ class DoclingConverterResource(dg.ConfigurableResource):
             if mode == "offline":
                 from ..documents.conversion import offline_converter
 
-                self._converter = offline_converter(images_scale=self.images_scale)
+                self._converter = offline_converter(images_scale=self.images_scale, ocr=self.ocr)
             else:
                 from ..documents.conversion import standard_converter
 
@@ -114,3 +119,23 @@ class ImageDescriberResource(dg.ConfigurableResource):
         from ..documents.descriptions import DEFAULT_PROMPT
 
         return self.prompt or DEFAULT_PROMPT
+
+
+class TextGeneratorResource(dg.ConfigurableResource):
+    """The LLM that writes question-answer pairs for the `llm` dataset strategy (any HF causal-LM folder)."""
+
+    model_dir: str = Field(description="A Hugging Face model folder (or a hub id where there is internet)")
+    device: str = Field(default="auto")
+    max_new_tokens: int = Field(default=160)
+
+    _generate = PrivateAttr(default=None)
+
+    def generator(self):
+        if self._generate is None:
+            from ..documents.synthesis import transformers_generator
+            from ..models import resolve_model_dir
+
+            self._generate = transformers_generator(
+                resolve_model_dir(self.model_dir), device=self.device, max_new_tokens=self.max_new_tokens
+            )
+        return self._generate

@@ -115,26 +115,23 @@ def chunk_section(section: Section, max_chars: int = CHUNK_CHARS) -> list[str]:
         if len(paragraph) <= max_chars:
             pieces.append(paragraph)
             continue
-        part = ""
-        for sentence in _SENTENCE_BREAK.split(paragraph):
-            if part and len(part) + 1 + len(sentence) > max_chars:
-                pieces.append(part)
-                part = sentence
-            else:
-                part = f"{part} {sentence}" if part else sentence
-        if part:
-            pieces.append(part)
-    chunks: list[str] = []
+        pieces += _pack(_SENTENCE_BREAK.split(paragraph), max_chars, " ")
+    return _pack(pieces, max_chars, "\n\n")
+
+
+def _pack(parts: list[str], max_chars: int, separator: str) -> list[str]:
+    """Join consecutive parts with `separator` into runs of at most max_chars (a longer part stays whole)."""
+    runs: list[str] = []
     current = ""
-    for piece in pieces:
-        if current and len(current) + 2 + len(piece) > max_chars:
-            chunks.append(current)
-            current = piece
+    for part in parts:
+        if current and len(current) + len(separator) + len(part) > max_chars:
+            runs.append(current)
+            current = part
         else:
-            current = f"{current}\n\n{piece}" if current else piece
+            current = f"{current}{separator}{part}" if current else part
     if current:
-        chunks.append(current)
-    return chunks
+        runs.append(current)
+    return runs
 
 
 def sample_chunks(

@@ -47,3 +47,44 @@ def test_a_bad_file_is_a_clear_error_and_nothing_is_written(converter, tmp_path,
     with pytest.raises(DocumentConversionError, match="roto.pdf"):
         convert_document(source, tmp_path / "out" / "roto", converter)
     assert not (tmp_path / "out").exists()
+
+
+def _docx(path: Path) -> None:
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Memoria", level=1)
+    document.add_heading("Objetivos", level=2)
+    document.add_paragraph("El proyecto busca digitalizar el archivo histórico.")
+    document.save(path)
+
+
+@pytest.mark.parametrize(
+    "name, write",
+    [
+        (
+            "memoria.md",
+            lambda p: p.write_text(
+                "# Memoria\n\n## Objetivos\n\nEl proyecto busca digitalizar el archivo histórico.\n"
+            ),
+        ),
+        (
+            "memoria.html",
+            lambda p: p.write_text(
+                "<h1>Memoria</h1><h2>Objetivos</h2><p>El proyecto busca digitalizar el archivo histórico.</p>"
+            ),
+        ),
+        ("memoria.docx", _docx),
+    ],
+)
+def test_docx_html_and_markdown_go_through_the_simple_pipeline(converter, tmp_path, name, write):
+    source = tmp_path / name
+    write(source)
+    markdown = convert_document(source, tmp_path / "out", converter).markdown_path.read_text(encoding="utf-8")
+    assert "Objetivos" in markdown and "digitalizar el archivo histórico" in markdown
+    assert (
+        fidelity(
+            markdown, "# Memoria\n\n## Objetivos\n\nEl proyecto busca digitalizar el archivo histórico."
+        ).heading_f1
+        == 1.0
+    )

@@ -234,16 +234,17 @@ class TransformersDescriber:
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from ..categorizer.transformers_backend import resolve_device, resolve_dtype
+
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); give a local VLM folder")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         self.name = f"transformers:{model_dir.name}"
         self.max_new_tokens = max_new_tokens
         self._torch = torch
         self._processor = AutoProcessor.from_pretrained(model_dir)
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        dtype = resolve_dtype("auto", device)
         self._model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(device).eval()
 
     def describe(self, image: Path, prompt: str) -> str:

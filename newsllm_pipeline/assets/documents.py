@@ -209,18 +209,16 @@ def training_dataset(
     examples = examples[: config.max_examples] if config.max_examples else examples
     dataset = build_dataset(examples, eval_share=config.eval_share)
     stats = dataset.stats
+    kept = dataset.train + dataset.eval
     checks = [
         dg.AssetCheckResult(check_name="not_empty", passed=bool(dataset.train)),
         dg.AssetCheckResult(
             check_name="no_duplicate_instructions",
-            passed=len({e.instruction for e in dataset.train + dataset.eval}) == len(dataset.train + dataset.eval),
+            passed=len({e.instruction for e in kept}) == len(kept),
         ),
         dg.AssetCheckResult(
             check_name="output_lengths_within_bounds",
-            passed=all(
-                config.min_output_chars <= len(e.output) <= config.max_output_chars
-                for e in dataset.train + dataset.eval
-            ),
+            passed=all(config.min_output_chars <= len(e.output) <= config.max_output_chars for e in kept),
         ),
         dg.AssetCheckResult(
             check_name="uses_image_descriptions",

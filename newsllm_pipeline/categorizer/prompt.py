@@ -7,9 +7,10 @@ each item adds only its own text and the assistant turn's opening.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from ..text import fold
 
 DEFAULT_CATEGORIES = (
     "Política",
@@ -81,15 +82,10 @@ def build_prompt(tokenizer, categories: Sequence[str], examples=FEW_SHOT_EXAMPLE
     return PromptParts(prefix=prefix, suffix=suffix)
 
 
-def _fold(text: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-
-
 def parse_category(answer: str, categories: Sequence[str]) -> str | None:
     """The category a free-form answer names (accent- and case-insensitive), or None.
 
     The earliest mention wins, so "Política, no Economía" is Política."""
-    folded = _fold(answer)
-    found = [(folded.find(_fold(c)), c) for c in categories if _fold(c) in folded]
+    folded = fold(answer)
+    found = [(folded.find(fold(c)), c) for c in categories if fold(c) in folded]
     return min(found)[1] if found else None

@@ -16,11 +16,12 @@ builds one from a Hugging Face model folder.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ..text import fold
 from .dataset import FIGURE_MARKER, Example, Section
+from .markdown import WORD
 
 CHUNK_CHARS = 1200
 MIN_CHUNK_CHARS = 200
@@ -55,7 +56,6 @@ _PREFIX = r"^[\s>*_#-]*{label}[\s*_]*:[\s*_]*"  # tolerates Markdown bold, list 
 _QUESTION = re.compile(_PREFIX.format(label="pregunta"), re.IGNORECASE | re.MULTILINE)
 _ANSWER = re.compile(_PREFIX.format(label="respuesta"), re.IGNORECASE | re.MULTILINE)
 _SENTENCE_BREAK = re.compile(r"(?<=[.!?…])\s+")
-_WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -84,14 +84,8 @@ class SynthesisRun:
         return len(self.examples) / self.chunks if self.chunks else 0.0
 
 
-def fold(text: str) -> str:
-    """Lowercase without accents: "Económica" -> "economica"."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return "".join(character for character in decomposed if not unicodedata.combining(character))
-
-
 def words(text: str) -> list[str]:
-    return _WORD.findall(fold(text))
+    return WORD.findall(fold(text))
 
 
 def content_words(text: str) -> list[str]:

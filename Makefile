@@ -31,6 +31,7 @@ dev: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/categorize.py
 	$(PY) benchmarks/documents.py
+	$(PY) benchmarks/vision_server.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check newsllm_pipeline tests benchmarks

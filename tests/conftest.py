@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from PIL import Image, ImageDraw, ImageFont
 
 from newsllm_pipeline import db
 
 TESTS = Path(__file__).parent
 FEEDS = TESTS / "data" / "feeds"
+FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 PG_URL = os.environ.get("NEWSLLM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
@@ -99,3 +101,15 @@ def categorizer(model_dir):
     resource = CategorizerResource(model_dir=model_dir, device="cpu")
     resource.load()
     return resource
+
+
+def banner(path: Path, lines: list[str]) -> Path:
+    """A 640 × 480 figure that real OCR reads: a blue band on top, black DejaVu text on white below."""
+    font = ImageFont.truetype(FONT, 48) if FONT.exists() else ImageFont.load_default(size=48)
+    picture = Image.new("RGB", (640, 480), "white")
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle((0, 0, 640, 180), fill=(30, 70, 200))
+    for row, line in enumerate(lines):
+        draw.text((30, 230 + 80 * row), line, fill="black", font=font)
+    picture.save(path)
+    return path

@@ -8,10 +8,9 @@ import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from newsllm_pipeline.documents.descriptions import (
     DEFAULT_PROMPT,
@@ -21,23 +20,7 @@ from newsllm_pipeline.documents.descriptions import (
     describe_images,
     write_descriptions,
 )
-
-FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-
-
-def _font(size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(FONT, size) if FONT.exists() else ImageFont.load_default(size=size)
-
-
-def _banner(path: Path, lines: list[str]) -> Path:
-    """A 640 × 480 figure: a blue band on top, black text on white below."""
-    picture = Image.new("RGB", (640, 480), "white")
-    draw = ImageDraw.Draw(picture)
-    draw.rectangle((0, 0, 640, 180), fill=(30, 70, 200))
-    for row, line in enumerate(lines):
-        draw.text((30, 230 + 80 * row), line, fill="black", font=_font(48))
-    picture.save(path)
-    return path
+from tests.conftest import banner
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +29,7 @@ def ocr():
 
 
 def test_ocr_description_reads_the_text_and_names_size_and_colours(ocr, tmp_path):
-    image = _banner(tmp_path / "grafico.png", ["Presupuestos 2024", "Gasto en sanidad"])
+    image = banner(tmp_path / "grafico.png", ["Presupuestos 2024", "Gasto en sanidad"])
     text = ocr.describe(image, DEFAULT_PROMPT)
     assert text.startswith("Imagen de 640 × 480 píxeles")
     assert "el blanco" in text and "el azul" in text
@@ -105,7 +88,7 @@ def vision_server(request):
 
 
 def test_openai_backend_sends_prompt_and_picture_in_openai_format(vision_server, tmp_path):
-    image = _banner(tmp_path / "grafico.png", ["Hola"])
+    image = banner(tmp_path / "grafico.png", ["Hola"])
     describer = OpenAIDescriber(vision_server.base_url, "qwen2-vl", api_key="clave-secreta")
     assert describer.describe(image, "Describe la imagen.") == "Un gráfico de barras."
     [request] = vision_server.requests
@@ -124,7 +107,7 @@ def test_openai_backend_sends_prompt_and_picture_in_openai_format(vision_server,
 
 @pytest.mark.parametrize("vision_server", [[500]], indirect=True)
 def test_openai_backend_retries_a_server_error(vision_server, tmp_path):
-    image = _banner(tmp_path / "grafico.png", ["Hola"])
+    image = banner(tmp_path / "grafico.png", ["Hola"])
     describer = OpenAIDescriber(vision_server.base_url, "qwen2-vl", backoff_s=0.01)
     assert describer.describe(image, DEFAULT_PROMPT) == "Un gráfico de barras."
     assert len(vision_server.requests) == 2 and "Authorization" not in vision_server.requests[0]["headers"]
@@ -132,7 +115,7 @@ def test_openai_backend_retries_a_server_error(vision_server, tmp_path):
 
 @pytest.mark.parametrize("vision_server", [[401, 401, 401]], indirect=True)
 def test_openai_backend_fails_at_once_on_a_client_error(vision_server, tmp_path):
-    image = _banner(tmp_path / "grafico.png", ["Hola"])
+    image = banner(tmp_path / "grafico.png", ["Hola"])
     describer = OpenAIDescriber(vision_server.base_url, "qwen2-vl", api_key="mala", backoff_s=0.01)
     with pytest.raises(DescriptionError, match=r"grafico\.png.*HTTP 401: fallo simulado 401") as raised:
         describer.describe(image, DEFAULT_PROMPT)
@@ -140,7 +123,7 @@ def test_openai_backend_fails_at_once_on_a_client_error(vision_server, tmp_path)
 
 
 def test_openai_backend_gives_up_when_no_server_answers(tmp_path):
-    image = _banner(tmp_path / "grafico.png", ["Hola"])
+    image = banner(tmp_path / "grafico.png", ["Hola"])
     server = _FakeVisionServer()
     server.close()  # the port is now closed: every attempt is refused
     describer = OpenAIDescriber(server.base_url, "qwen2-vl", retries=1, backoff_s=0.01)
@@ -149,7 +132,7 @@ def test_openai_backend_gives_up_when_no_server_answers(tmp_path):
 
 
 def test_a_batch_describes_good_pictures_skips_tiny_ones_and_records_failures(ocr, tmp_path):
-    good = _banner(tmp_path / "grafico.png", ["Presupuestos 2024"])
+    good = banner(tmp_path / "grafico.png", ["Presupuestos 2024"])
     tiny = tmp_path / "icono.png"
     Image.new("RGB", (16, 300), "red").save(tiny)
     corrupt = tmp_path / "roto.png"
@@ -180,6 +163,6 @@ def test_a_local_vision_language_model_reads_the_picture(tmp_path):
     from newsllm_pipeline.documents.descriptions import TransformersDescriber
 
     describer = TransformersDescriber(os.environ["NEWSLLM_TEST_VLM_DIR"], max_new_tokens=96)
-    image = _banner(tmp_path / "grafico.png", ["PRESUPUESTOS"])
+    image = banner(tmp_path / "grafico.png", ["PRESUPUESTOS"])
     text = describer.describe(image, DEFAULT_PROMPT)
     assert "presupuestos" in text.lower()

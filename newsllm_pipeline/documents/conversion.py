@@ -17,7 +17,7 @@ from pathlib import Path
 
 import docling.pipeline.standard_pdf_pipeline as standard_pdf_pipeline
 from docling.datamodel.base_models import ConversionStatus, InputFormat
-from docling.datamodel.pipeline_options import PdfPipelineOptions, RapidOcrOptions
+from docling.datamodel.pipeline_options import PdfPipelineOptions, PictureDescriptionApiOptions, RapidOcrOptions
 from docling.document_converter import DocumentConverter, PdfFormatOption
 from docling.models.factories.table_factory import TableStructureFactory
 from docling_core.types.doc import ImageRefMode
@@ -123,10 +123,14 @@ def _bundled_rapidocr_options() -> RapidOcrOptions:
     )
 
 
-def offline_converter(images_scale: float = 2.0, ocr: bool = False) -> DocumentConverter:
+def offline_converter(
+    images_scale: float = 2.0, ocr: bool = False, picture_description: PictureDescriptionApiOptions | None = None
+) -> DocumentConverter:
     """A converter that needs no model artifacts. `images_scale` sets the resolution of the picture
     crops (2.0: twice the PDF's 72 dpi). `ocr` reads the text of scanned pages (bitmaps with no text
-    layer) with RapidOCR; its lines reach the layout engine as the page's text cells."""
+    layer) with RapidOCR; its lines reach the layout engine as the page's text cells.
+    `picture_description` has Docling describe each picture through an OpenAI-compatible endpoint such as
+    `newsllm vision-server` (see `newsllm_pipeline.vision.client.docling_picture_description`)."""
     options = PdfPipelineOptions(
         allow_external_plugins=True,  # the layout engine is this package's `docling` entry point
         layout_options=FontLayoutOptions(),
@@ -138,6 +142,10 @@ def offline_converter(images_scale: float = 2.0, ocr: bool = False) -> DocumentC
     )
     if ocr:
         options.ocr_options = _bundled_rapidocr_options()
+    if picture_description is not None:
+        options.do_picture_description = True
+        options.enable_remote_services = True  # Docling refuses API options without it
+        options.picture_description_options = picture_description
     converter = _converter(options)
     with _table_structure_without_torchvision():
         converter.initialize_pipeline(InputFormat.PDF)

@@ -58,15 +58,25 @@ class ImageDescriber(Protocol):
     def describe(self, image: Path, prompt: str) -> str: ...
 
 
-def _open_rgb(image: Path) -> Image.Image:
+class PictureDescriber(ImageDescriber, Protocol):
+    """A describer that also takes a picture already in memory (what the vision server hands it)."""
+
+    def describe_picture(self, picture: Image.Image, prompt: str) -> str: ...
+
+
+def rgb_on_white(picture: Image.Image) -> Image.Image:
     """The picture as RGB, transparent areas on white (how they look on the page)."""
+    if picture.mode in ("RGBA", "LA", "PA") or "transparency" in picture.info:
+        rgba = picture.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    return picture.convert("RGB")
+
+
+def _open_rgb(image: Path) -> Image.Image:
     try:
         with Image.open(image) as opened:
             opened.load()
-            if opened.mode in ("RGBA", "LA") or "transparency" in opened.info:
-                rgba = opened.convert("RGBA")
-                return Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
-            return opened.convert("RGB")
+            return rgb_on_white(opened)
     except OSError as error:  # PIL's UnidentifiedImageError and truncated files are OSErrors
         raise DescriptionError(f"{image}: not a readable image ({error})") from error
 
@@ -129,7 +139,11 @@ class OcrDescriber:
         return text[: self.max_text_chars].rsplit(" ", 1)[0] + "…"
 
     def describe(self, image: Path, prompt: str) -> str:
-        picture = _open_rgb(image)
+        return self.describe_picture(_open_rgb(image), prompt)
+
+    def describe_picture(self, picture: Image.Image, prompt: str) -> str:
+        """`picture` must be RGB (see `rgb_on_white`). Safe to call from several threads at once: the ONNX
+        Runtime sessions are, and RapidOCR keeps no per-call state that differs between calls."""
         colours = dominant_colours(picture)
         verb = "predomina" if len(colours) == 1 else "predominan"
         sentence = f"Imagen de {picture.width} × {picture.height} píxeles en la que {verb} {_spanish_list(colours)}."
@@ -228,30 +242,46 @@ def _server_message(error: urllib.error.HTTPError) -> str:
 
 class TransformersDescriber:
     """A local vision-language model folder (e.g. Qwen2-VL) run with transformers: greedy decoding of the
-    processor's chat template with the picture and the prompt. Meant for CUDA; on CPU it works, slowly."""
+    processor's chat template with the picture and the prompt. Meant for CUDA; on CPU it works, slowly.
+    `load_in_8bit` quantises the weights with bitsandbytes on a CUDA device (about half the memory)."""
 
-    def __init__(self, model_dir: str | Path, device: str = "auto", max_new_tokens: int = 256):
+    def __init__(
+        self, model_dir: str | Path, device: str = "auto", max_new_tokens: int = 256, load_in_8bit: bool = False
+    ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from ..categorizer.transformers_backend import resolve_device, resolve_dtype
+        from ..models import resolve_device, resolve_dtype
 
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").is_file():
             raise FileNotFoundError(f"{model_dir}: not a model folder (no config.json); give a local VLM folder")
         device = resolve_device(device)
         self.name = f"transformers:{model_dir.name}"
+        self.device = device
         self.max_new_tokens = max_new_tokens
         self._torch = torch
-        self._processor = AutoProcessor.from_pretrained(model_dir)
         dtype = resolve_dtype("auto", device)
-        self._model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        if load_in_8bit:
+            loading = {"quantization_config": _eight_bit_config(device), "device_map": {"": device}}
+        else:
+            loading = {}
+        self._processor = AutoProcessor.from_pretrained(model_dir)
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, **loading)
+        self._model = (model if load_in_8bit else model.to(device)).eval()
 
     def describe(self, image: Path, prompt: str) -> str:
+        picture = _open_rgb(image)
+        try:
+            return self.describe_picture(picture, prompt)
+        except DescriptionError as error:
+            raise DescriptionError(f"{image}: {error}") from error
+
+    def describe_picture(self, picture: Image.Image, prompt: str) -> str:
         messages = [
             {
                 "role": "user",
-                "content": [{"type": "image", "image": _open_rgb(image)}, {"type": "text", "text": prompt}],
+                "content": [{"type": "image", "image": picture}, {"type": "text", "text": prompt}],
             }
         ]
         inputs = self._processor.apply_chat_template(
@@ -262,8 +292,21 @@ class TransformersDescriber:
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         text = self._processor.batch_decode(new_tokens, skip_special_tokens=True)[0].strip()
         if not text:
-            raise DescriptionError(f"{image}: {self.name} generated an empty description")
+            raise DescriptionError(f"{self.name} generated an empty description")
         return text
+
+
+def _eight_bit_config(device: str):
+    """bitsandbytes' 8-bit quantisation, or a clear error where it cannot run."""
+    import importlib.util
+
+    if not device.startswith("cuda"):
+        raise ValueError(f"8-bit loading needs a CUDA device, not {device!r}: drop load_in_8bit on this machine")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ImportError("8-bit loading needs the bitsandbytes package: `pip install bitsandbytes` on the GPU host")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def describe_images(

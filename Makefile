@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/categorize.py
 	$(PY) benchmarks/documents.py
 	$(PY) benchmarks/vision_server.py
+	$(PY) benchmarks/lora.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check newsllm_pipeline tests benchmarks

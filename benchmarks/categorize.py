@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from harness import MATMUL_SECONDS, MATMUL_SIZE, measure_matmul_gflops, write_report
 from tabulate import tabulate
 
 from newsllm_pipeline import settings
@@ -48,9 +49,7 @@ METHODS = {"baseline": "generate", "ours": "score"}
 METHOD_LABELS = {"baseline": "baseline: free-form generation", "ours": "ours: label scoring"}
 RATIO_GOAL = 10.0
 ITEMS_PER_S_GOAL = 5.0
-MATMUL_SIZE = 2048
 MATMUL_DTYPES = (torch.float32, torch.bfloat16)
-MATMUL_SECONDS = 2.0
 
 
 def load_items(limit: int) -> tuple[list[str], list[str | None]]:
@@ -68,19 +67,6 @@ def load_items(limit: int) -> tuple[list[str], list[str | None]]:
     if len(texts) < limit:
         print(f"only {len(texts)} feed items available; benchmarking those instead of {limit}", file=sys.stderr)
     return texts[:limit], labels[:limit]
-
-
-def measure_matmul_gflops(dtype: torch.dtype, size: int = MATMUL_SIZE, seconds: float = MATMUL_SECONDS) -> float:
-    """Sustained matmul throughput in `dtype` with torch's default thread count, after a warm-up."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    product = torch.empty(size, size, dtype=dtype)
-    for _ in range(3):
-        torch.matmul(a, b, out=product)
-    count, started = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < seconds:
-        torch.matmul(a, b, out=product)
-        count += 1
-    return 2 * size**3 * count / elapsed / 1e9
 
 
 def model_flops(categorizer, texts: list[str]) -> dict:
@@ -289,10 +275,7 @@ def main() -> None:
     baseline = run_in_subprocess("baseline", model_dir, texts)
     ours = run_in_subprocess("ours", model_dir, texts)
     report = build_report(model_dir, texts, labels, matmul_gflops, baseline, ours)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    print(summary(report))
-    print(f"\nwritten to {args.out}")
+    write_report(report, args.out, summary(report))
 
 
 if __name__ == "__main__":

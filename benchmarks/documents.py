@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
-import json
 import os
 import sys
 import tempfile
@@ -35,6 +33,7 @@ from docling.datamodel.backend_options import ThreadedDoclingParseBackendOptions
 from docling.datamodel.base_models import InputFormat
 from docling.datamodel.pipeline_options import NativePdfPipelineOptions
 from docling.document_converter import DocumentConverter, NativePdfFormatOption
+from harness import package_versions, write_report
 from tabulate import tabulate
 
 from newsllm_pipeline.documents.conversion import convert_document, offline_converter
@@ -129,16 +128,6 @@ def measure_descriptions(pdfs: list[Path], converter: DocumentConverter) -> dict
         "load_s": load_s,
         "error_examples": list(run.failed.values())[:5],
     }
-
-
-def package_versions() -> dict[str, str | None]:
-    versions = {}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
 
 
 def summary(report: dict) -> str:
@@ -242,17 +231,14 @@ def main() -> None:
         "core": core,
         "torch_threads": torch.get_num_threads(),
         "repeats": args.repeats,
-        "versions": package_versions(),
+        "versions": package_versions(VERSIONED_PACKAGES),
         "conversion": conversion,
         "ratio": conversion["ours"]["total"]["pages_per_s"] / conversion["native"]["total"]["pages_per_s"],
         "fidelity": measure_fidelity(pdfs, markdowns),
         "descriptions": measure_descriptions(pdfs, converters["ours"]),
         "goals": GOALS,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    print(summary(report))
-    print(f"\nwritten to {args.out}")
+    write_report(report, args.out, summary(report))
 
 
 if __name__ == "__main__":

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.metadata
 import io
-import json
 import os
 import platform
 import sys
@@ -34,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import requests
+from harness import package_versions, write_report
 from PIL import Image, ImageDraw, ImageFont
 from tabulate import tabulate
 
@@ -113,16 +112,6 @@ def measure_http(url: str, images: list[bytes], count: int, concurrency: int) ->
     summary = latency_summary([latency for latency, _ in results], wall_s)
     summary["errors"] = sum(not ok for _, ok in results)
     return {"concurrency": concurrency, **summary}
-
-
-def package_versions() -> dict[str, str | None]:
-    versions = {}
-    for package in VERSIONED_PACKAGES:
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
 
 
 def summary(report: dict) -> str:
@@ -212,12 +201,9 @@ def main() -> None:
         "direct": direct,
         "http": http,
         "http_overhead_ratio": single[0]["p50_ms"] / direct["p50_ms"] if single else None,
-        "versions": package_versions(),
+        "versions": package_versions(VERSIONED_PACKAGES),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    print(summary(report))
-    print(f"\nwritten to {args.out}")
+    write_report(report, args.out, summary(report))
 
 
 if __name__ == "__main__":

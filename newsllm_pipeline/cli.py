@@ -150,6 +150,77 @@ def reprocess(categoria, max_confianza, since, until, database_url):
 
 
 @main.command()
+@click.argument("question", required=False)
+@click.option("--model", "model_dir", default=None, help="Base model folder (default: NEWSLLM_MODEL_DIR or packaged)")
+@click.option("--adapter", "adapter_dir", type=click.Path(file_okay=False, path_type=Path), help="LoRA adapter folder")
+@click.option("--device", default="auto", show_default=True, help="'auto', 'cpu', 'cuda', 'cuda:1'")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True, help="0: greedy")
+@click.option("--compare", is_flag=True, help="Answer with the base model too (one load, the adapter switched off)")
+def ask(question, model_dir, adapter_dir, device, max_new_tokens, temperature, compare):
+    """Answer QUESTION with the model (and --adapter); without QUESTION, answer each line read from stdin."""
+    from .models import AdapterError, resolve_model_dir
+    from .training.inference import generate_answer, load_for_generation
+
+    if compare and adapter_dir is None:
+        raise click.UsageError("--compare needs --adapter: it shows the base model's answer next to the adapter's")
+    try:
+        model_dir = resolve_model_dir(model_dir or settings.model_dir())
+        model, tokenizer = load_for_generation(model_dir, adapter_dir, device)
+    except (AdapterError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from error
+
+    def answer(text: str) -> str:
+        return generate_answer(model, tokenizer, text, max_new_tokens, temperature)
+
+    def answer_and_show(text: str) -> None:
+        if not compare:
+            click.echo(answer(text))
+            return
+        with model.disable_adapter():
+            base_answer = answer(text)
+        click.echo(f"[base]\n{base_answer}\n\n[adapter: {adapter_dir}]\n{answer(text)}")
+
+    if question is not None:
+        answer_and_show(question)
+        return
+    interactive = sys.stdin.isatty()
+    if interactive:
+        click.echo("one question per line; Ctrl-D ends", err=True)
+    for line in sys.stdin:
+        if line.strip():
+            answer_and_show(line.strip())
+            if interactive or compare:
+                click.echo()
+
+
+@main.command()
+@click.option("--adapter", "adapter_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "model_dir", default=None, help="Base model folder (default: NEWSLLM_MODEL_DIR or packaged)")
+@click.option("--dtype", default="float32", type=click.Choice(["float32", "bfloat16", "float16"]), show_default=True)
+def export(adapter_dir, out_dir, model_dir, dtype):
+    """Merge the LoRA adapter into the base model and write a plain Hugging Face folder to --out
+    (safetensors, tokenizer, generation config): no PEFT needed to load it."""
+    from .models import AdapterError, resolve_model_dir
+    from .training.inference import export_merged
+
+    try:
+        result = export_merged(resolve_model_dir(model_dir or settings.model_dir()), adapter_dir, out_dir, dtype)
+    except (AdapterError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from error
+    if result.tied:
+        embeddings = "input and output embeddings stay tied"
+    else:
+        changed = ", ".join(result.adapted_embeddings) or "the embeddings"
+        embeddings = f"embeddings untied: the adapter changes {changed}, so lm_head has its own matrix"
+    click.echo(
+        f"exported {result.path}: {result.parameters / 1e6:.1f}M parameters, {result.size_bytes / 1e6:.1f} MB "
+        f"({result.dtype}), {embeddings}"
+    )
+
+
+@main.command()
 @_database_option
 def status(database_url):
     """How many noticias are categorised, pending, failed."""
@@ -157,6 +228,43 @@ def status(database_url):
 
     counts = db.status_counts(_engine(database_url), int(settings.env("MAX_ATTEMPTS", "3")))
     click.echo("  ".join(f"{key}={value}" for key, value in counts.items()))
+
+
+@main.command()
+@click.argument("key", metavar="[ID_OR_URL]", required=False)
+@click.argument("categoria", required=False)
+@click.option(
+    "--file",
+    "csv_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with a header: url or id, and categoria",
+)
+@_database_option
+def review(key, categoria, csv_path, database_url):
+    """Mark an item's category as reviewed (a trusted label for training the categoriser):
+    `review ID_OR_URL CATEGORIA`, or many with `review --file labels.csv`."""
+    from . import db
+    from .categorizer.training_set import import_reviews_csv
+
+    if csv_path is not None and (key or categoria):
+        raise click.UsageError("give either ID_OR_URL CATEGORIA or --file, not both")
+    if csv_path is None and not (key and categoria):
+        raise click.UsageError("give ID_OR_URL CATEGORIA, or --file with a CSV of reviews")
+    engine = _engine(database_url)
+    db.upgrade(engine)
+    if csv_path is not None:
+        try:
+            result = import_reviews_csv(engine, csv_path)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from error
+    else:
+        result = db.mark_reviewed(engine, [(int(key) if key.isdigit() else key, categoria)])
+    for rejected in result.rejected:
+        click.echo(f"rejected: {rejected.key}: {rejected.reason}", err=True)
+    for missing in result.not_found:
+        click.echo(f"not found: {missing}: no noticia has this {'id' if isinstance(missing, int) else 'url'}", err=True)
+    click.echo(f"{result.written} written, {len(result.rejected)} rejected, {len(result.not_found)} not found")
+    sys.exit(0 if result.ok else 1)
 
 
 @main.command("process-document")
@@ -179,7 +287,9 @@ def process_document(source, out_dir, describer, vision_url, vision_model):
     except DocumentConversionError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"texto.md: {converted.pages} pages, {converted.pictures} pictures, {converted.seconds:.1f}s")
-    resource = ImageDescriberResource(backend=describer, url=vision_url, model=vision_model)
+    resource = ImageDescriberResource(
+        backend=describer, url=vision_url, model=vision_model, api_key=settings.env("VISION_API_KEY")
+    )
     images = extracted_images(out_dir)
     run = describe_images(images, resource.describer(), prompt=resource.question())
     with staged_folder(out_dir / "image_descriptions") as staging:
@@ -188,6 +298,71 @@ def process_document(source, out_dir, describer, vision_url, vision_model):
         click.echo(f"warning: {image}: {error}", err=True)
     final, replaced, dropped = write_described_markdown(out_dir)
     click.echo(f"{final.name}: {replaced} pictures described, {dropped} left out -> {out_dir}")
+
+
+@main.command("vision-server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to serve other machines")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--backend", default="ocr", type=click.Choice(["ocr", "transformers"]), show_default=True)
+@click.option("--model", default=None, help="transformers: a local vision-language model folder (e.g. Qwen2-VL)")
+@click.option("--device", default="auto", show_default=True, help="transformers: 'auto', 'cuda', 'cuda:1', 'cpu'")
+@click.option("--load-in-8bit", is_flag=True, help="transformers: 8-bit weights (bitsandbytes, CUDA)")
+@click.option("--max-new-tokens", default=256, show_default=True, help="transformers: longest answer")
+@click.option("--max-concurrency", type=click.IntRange(min=1), help="[default: 2 for ocr, 1 for transformers]")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0, min_open=True), default=20.0, show_default=True)
+@click.option("--max-side", type=click.IntRange(min=32), default=1536, show_default=True, help="Longer: scaled down")
+@click.option("--no-auth", is_flag=True, help="Serve without a token (trusted networks only)")
+def vision_server(
+    host, port, backend, model, device, load_in_8bit, max_new_tokens, max_concurrency, max_upload_mb, max_side, no_auth
+):
+    """Serve an image describer over HTTP: the original REST API (/analyze, /analyze_base64, /status) and
+    OpenAI's /v1/chat/completions. Clients send `Authorization: Bearer $NEWSLLM_VISION_TOKEN`."""
+    from .vision.server import MB, start_server
+
+    try:
+        start_server(
+            host,
+            port,
+            backend,
+            model=model,
+            device=device,
+            load_in_8bit=load_in_8bit,
+            max_new_tokens=max_new_tokens,
+            max_concurrency=max_concurrency,
+            max_upload_bytes=int(max_upload_mb * MB),
+            max_side=max_side,
+            no_auth=no_auth,
+        )
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+@main.command("vision-client")
+@click.option("--server", default="http://127.0.0.1:8000", show_default=True, envvar="NEWSLLM_VISION_SERVER")
+@click.option("--token", envvar="NEWSLLM_VISION_TOKEN", help="[default: $NEWSLLM_VISION_TOKEN]")
+@click.option("--status", "show_status", is_flag=True, help="Show the server's model and counts")
+@click.option("--image", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Describe one image")
+@click.option("--text", help="The question about --image (default: the server's)")
+@click.option("--interactive", is_flag=True, help="Ask about images until an empty answer")
+@click.option("--batch", "batch_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--questions", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="One a line")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="[default: DIR/vision_results]"
+)
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for each answer")
+def vision_client(server, token, show_status, image, text, interactive, batch_dir, questions, out_dir, timeout):
+    """Talk to `newsllm vision-server`: --status, --image FILE [--text Q], --interactive, or --batch DIR
+    [--questions FILE] [--out DIR] (each question about every image; one <image>.json per image)."""
+    from .vision.client import VisionClient, VisionClientError, run_client
+
+    if sum((show_status, image is not None, interactive, batch_dir is not None)) != 1:
+        raise click.UsageError("choose one of --status, --image, --interactive, --batch")
+    client = VisionClient(server, token, timeout)
+    try:
+        failed = run_client(client, show_status, image, text, interactive, batch_dir, questions, out_dir)
+    except VisionClientError as error:
+        raise click.ClickException(str(error)) from error
+    sys.exit(1 if failed else 0)
 
 
 @main.command()

@@ -8,11 +8,14 @@ the same row twice, and the failure columns keep an item's error and attempt cou
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+from .text import fold
 
 metadata = sa.MetaData()
 
@@ -42,6 +45,9 @@ noticias = sa.Table(
     # Claim lease: the run that holds the row and since when (expired leases are claimable again).
     sa.Column("llm_claimed_by", sa.String(64)),
     sa.Column("llm_claimed_at", sa.DateTime),
+    # An editor's category for the item (a trusted label for training) and when it was given.
+    sa.Column("categoria_revisada", sa.String(64)),
+    sa.Column("revisada_at", sa.DateTime),
 )
 
 sa.Index(
@@ -318,3 +324,88 @@ def status_counts(engine: Engine, max_attempts: int) -> dict[str, int]:
         "failed_permanently": exhausted,
         "claimed": claimed,
     }
+
+
+@dataclass(frozen=True)
+class RejectedReview:
+    key: int | str
+    categoria: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ReviewResult:
+    """What `mark_reviewed` did: rows written, reviews refused (with why) and keys with no row."""
+
+    written: int
+    rejected: tuple[RejectedReview, ...] = ()
+    not_found: tuple[int | str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.rejected and not self.not_found
+
+
+def _unknown_category_reason(categoria: str, canonical: dict[str, str]) -> str:
+    close = difflib.get_close_matches(fold(categoria), list(canonical), n=1, cutoff=0.6)
+    hint = f"; did you mean {canonical[close[0]]!r}?" if close else ""
+    return f"unknown category {categoria!r}{hint} (allowed: {', '.join(canonical.values())})"
+
+
+def _is_key(key) -> bool:
+    return (isinstance(key, int) and not isinstance(key, bool)) or (isinstance(key, str) and bool(key.strip()))
+
+
+def mark_reviewed(
+    engine: Engine, reviews: Iterable[tuple[int | str, str]], categories: Sequence[str] | None = None
+) -> ReviewResult:
+    """Record editors' categories: each review is (row id, or url, and categoria). A category is matched
+    to `categories` (default: the 15 default ones) ignoring case and accents and stored in its canonical
+    spelling; an unknown one is rejected with the reason while the other reviews are written, all in one
+    transaction. Keys with no row are reported as not found. A later review of a row replaces an earlier
+    one, also within one call."""
+    if categories is None:
+        from .categorizer.prompt import DEFAULT_CATEGORIES
+
+        categories = DEFAULT_CATEGORIES
+    canonical = {fold(category): category for category in categories}
+    rejected: list[RejectedReview] = []
+    valid: list[tuple[int | str, str]] = []
+    for key, categoria in reviews:
+        categoria = (categoria or "").strip()
+        if not _is_key(key):
+            rejected.append(RejectedReview(key, categoria, f"{key!r} is neither a row id nor a url"))
+        elif fold(categoria) not in canonical:
+            rejected.append(RejectedReview(key, categoria, _unknown_category_reason(categoria, canonical)))
+        else:
+            valid.append((key.strip() if isinstance(key, str) else key, canonical[fold(categoria)]))
+    ids = sorted({key for key, _ in valid if isinstance(key, int)})
+    urls = sorted({key for key, _ in valid if isinstance(key, str)})
+    row_of: dict[int | str, int] = {}  # key -> row id, for the keys that have a row
+    categoria_of_row: dict[int, str] = {}
+    with engine.begin() as conn:
+        for keys, column in ((ids, noticias.c.id), (urls, noticias.c.url)):
+            for start in range(0, len(keys), 500):
+                query = sa.select(column, noticias.c.id).where(column.in_(keys[start : start + 500]))
+                row_of.update((key, row_id) for key, row_id in conn.execute(query))
+        for key, categoria in valid:
+            if key in row_of:
+                categoria_of_row[row_of[key]] = categoria
+        if categoria_of_row:
+            conn.execute(
+                sa.update(noticias)
+                .where(noticias.c.id == sa.bindparam("row_id"))
+                .values(categoria_revisada=sa.bindparam("categoria"), revisada_at=utcnow()),
+                [{"row_id": row_id, "categoria": categoria} for row_id, categoria in categoria_of_row.items()],
+            )
+    not_found = tuple(dict.fromkeys(key for key, _ in valid if key not in row_of))
+    return ReviewResult(written=len(categoria_of_row), rejected=tuple(rejected), not_found=not_found)
+
+
+def fetch_labelled(engine: Engine) -> list[dict]:
+    """Rows that may carry a training label: an editor's review or the feed's own category tags."""
+    c = noticias.c
+    columns = [c.id, c.url, c.titulo, c.resumen, c.fuente, c.feed_categorias, c.categoria_revisada, c.llm_categoria]
+    labelled = sa.or_(c.categoria_revisada.is_not(None), c.feed_categorias != "")  # NULL != '' is not true
+    with engine.connect() as conn:
+        return [dict(row._mapping) for row in conn.execute(sa.select(*columns).where(labelled).order_by(c.id))]

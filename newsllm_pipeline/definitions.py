@@ -10,6 +10,7 @@ import dagster as dg
 
 from .assets import documents as document_assets
 from .assets import noticias as noticias_assets
+from .assets import training as training_assets
 from .jobs.categorize import categorize_noticias_job, reprocess_noticias_job
 from .jobs.documents import process_documents_job, raw_documents_sensor, training_dataset_job
 from .jobs.schedules import (
@@ -19,6 +20,12 @@ from .jobs.schedules import (
     ingest_noticias_schedule,
 )
 from .jobs.sensors import build_uncategorized_noticias_sensor
+from .jobs.training import (
+    categorizer_retraining_schedule,
+    categorizer_training_job,
+    lora_retraining_schedule,
+    lora_training_job,
+)
 from .resources import CategorizerResource, NoticiasDatabase
 from .resources.documents import (
     DoclingConverterResource,
@@ -26,6 +33,7 @@ from .resources.documents import (
     ImageDescriberResource,
     TextGeneratorResource,
 )
+from .resources.training import LoraTrainerResource
 from .settings import DEFAULT_MODEL_DIR, PROJECT_HOME, default_database_url, env, site_setting
 
 
@@ -59,11 +67,23 @@ def build_resources() -> dict:
         "text_generator": TextGeneratorResource(
             model_dir=site_setting("GENERATOR_MODEL_DIR", "") or site_setting("MODEL_DIR", str(DEFAULT_MODEL_DIR))
         ),
+        "lora_trainer": LoraTrainerResource(
+            model_dir=site_setting("TRAIN_BASE_MODEL_DIR", "") or site_setting("MODEL_DIR", str(DEFAULT_MODEL_DIR)),
+            device=site_setting("TRAIN_DEVICE", "auto"),
+            precision=site_setting("TRAIN_PRECISION", "auto"),
+            adapters_dir=site_setting("ADAPTERS_DIR", str(PROJECT_HOME / "models" / "lora_adapters")),
+            categorizer_adapters_dir=site_setting(
+                "CATEGORIZER_ADAPTERS_DIR", str(PROJECT_HOME / "models" / "categorizer_adapters")
+            ),
+            categorizer_dataset_dir=site_setting(
+                "CATEGORIZER_DATASET_DIR", str(PROJECT_HOME / "data" / "datasets" / "categorizer")
+            ),
+        ),
     }
 
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([noticias_assets, document_assets]),
+    assets=dg.load_assets_from_modules([noticias_assets, document_assets, training_assets]),
     asset_checks=dg.load_asset_checks_from_modules([noticias_assets]),
     jobs=[
         categorize_noticias_job,
@@ -72,6 +92,8 @@ defs = dg.Definitions(
         category_stats_job,
         process_documents_job,
         training_dataset_job,
+        lora_training_job,
+        categorizer_training_job,
     ],
     sensors=[
         build_uncategorized_noticias_sensor(
@@ -79,6 +101,11 @@ defs = dg.Definitions(
         ),
         raw_documents_sensor,
     ],
-    schedules=[ingest_noticias_schedule, category_stats_schedule],
+    schedules=[
+        ingest_noticias_schedule,
+        category_stats_schedule,
+        lora_retraining_schedule,
+        categorizer_retraining_schedule,
+    ],
     resources=build_resources(),
 )

@@ -1,4 +1,4 @@
-"""`make demo`: the categorisation half end to end on the embedded defaults, through Dagster itself."""
+"""`make demo`: both halves end to end on the embedded defaults, through Dagster itself."""
 
 from __future__ import annotations
 
@@ -65,6 +65,58 @@ def process_documents(defs: dg.Definitions, instance: dg.DagsterInstance, echo: 
     echo(metadata["sample"].value)
 
 
+def train_document_adapter(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Callable[[str], None]) -> None:
+    """lora_training_job: the document adapter (cpu profile) and its evaluation against the base model."""
+    result = defs.resolve_job_def("lora_training_job").execute_in_process(
+        instance=instance, run_config=QUIET, raise_on_error=False
+    )
+    if not result.success:
+        echo("    no adapter: the run failed (see it in the UI); is there an instruction dataset?")
+        return
+    trained = result.asset_materializations_for_node("lora_adapter")[0].metadata
+    evaluation = result.asset_materializations_for_node("adapter_evaluation")[0].metadata
+    echo(
+        f"    adapter {trained['version'].value} ({trained['adapter_size'].value}, "
+        f"{trained['trainable_share_pct'].value}% of the parameters trained): loss "
+        f"{trained['first_loss'].value:.2f} -> {trained['final_loss'].value:.2f} in {trained['runtime_s'].value:.0f}s, "
+        f"{trained['tokens_per_s'].value:.0f} tokens/s"
+    )
+    if evaluation["held_out_examples"].value:
+        echo(
+            f"    held-out perplexity: base {evaluation['base_perplexity'].value}, "
+            f"adapter {evaluation['adapter_perplexity'].value}"
+        )
+    else:
+        echo("    no held-out examples in so small a dataset: add documents to evaluate")
+
+
+def train_categorizer_adapter(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Callable[[str], None]) -> None:
+    """Mark the hand labels as reviewed, then categorizer_training_job: trusted-label set, adapter, accuracy."""
+    from .categorizer.training_set import import_reviews_csv
+
+    engine = db.create_db_engine(database_url())
+    if LABELS_CSV.exists():
+        reviews = import_reviews_csv(engine, LABELS_CSV)
+        echo(f"    {reviews.written} hand labels from {LABELS_CSV.name} marked as reviewed")
+    if not db.fetch_labelled(engine):
+        echo("    no noticias with a trusted label (reviewed, or a mapped feed tag): nothing to train on")
+        return
+    result = defs.resolve_job_def("categorizer_training_job").execute_in_process(instance=instance, run_config=QUIET)
+    labelled = result.asset_materializations_for_node("categorizer_training_set")[0].metadata
+    trained = result.asset_materializations_for_node("categorizer_adapter")[0].metadata
+    evaluation = result.asset_materializations_for_node("categorizer_evaluation")[0].metadata
+    echo(
+        f"    {labelled['train'].value} training / {labelled['eval'].value} held-out noticias; adapter "
+        f"{trained['version'].value} trained in {trained['runtime_s'].value:.0f}s "
+        f"({trained['tokens_per_s'].value:.0f} tokens/s)"
+    )
+    echo(
+        f"    held-out accuracy: base model {evaluation['base_accuracy'].value:.0%}, "
+        f"with the adapter {evaluation['adapter_accuracy'].value:.0%}. "
+        f"Use it: NEWSLLM_ADAPTER_DIR={trained['adapter_dir'].value.rsplit('/', 1)[0]}/current"
+    )
+
+
 def gold_labels() -> dict[str, str]:
     if not LABELS_CSV.exists():
         return {}
@@ -78,19 +130,19 @@ def run_demo(echo: Callable[[str], None]) -> None:
     instance = dg.DagsterInstance.get()
     echo(f"Dagster instance: {instance.root_directory}")
     database = defs.resources["noticias_db"]
-    echo("1/4 reading the sample feeds into noticias")
+    echo("1/6 reading the sample feeds into noticias")
     ingest = defs.resolve_job_def("ingest_noticias_job").execute_in_process(run_config=QUIET, instance=instance)
     materialization = ingest.asset_materializations_for_node("noticias")[0]
     echo(f"    {materialization.metadata['new_items'].value} new noticias")
 
-    echo("2/4 categorising with the local LLM (sensor -> categorize_noticias_job runs)")
+    echo("2/6 categorising with the local LLM (sensor -> categorize_noticias_job runs)")
     clock = time.perf_counter()
     runs = drain_backlog(defs, instance, echo)
     echo(f"    {runs} runs in {time.perf_counter() - clock:.0f}s")
     if not runs:
         echo("    everything was categorised by an earlier demo: `.venv/bin/newsllm reprocess` resets it")
 
-    echo("3/4 category statistics")
+    echo("3/6 category statistics")
     defs.resolve_job_def("category_stats_job").execute_in_process(run_config=QUIET, instance=instance)
     engine = db.create_db_engine(database_url())
     rows = db.fetch_categorized(engine)
@@ -109,6 +161,10 @@ def run_demo(echo: Callable[[str], None]) -> None:
         )
     echo(f"status: {db.status_counts(engine, database.max_attempts)}")
 
-    echo("4/4 documents in data/raw_pdfs -> Docling Markdown, picture descriptions, instruction dataset")
+    echo("4/6 documents in data/raw_pdfs -> Docling Markdown, picture descriptions, instruction dataset")
     process_documents(defs, instance, echo)
+    echo("5/6 a LoRA adapter on the instruction dataset (lora_training_job)")
+    train_document_adapter(defs, instance, echo)
+    echo("6/6 the categoriser specialised: a LoRA adapter on the reviewed noticias (categorizer_training_job)")
+    train_categorizer_adapter(defs, instance, echo)
     echo("Open the Dagster UI with `make dev` to see the runs, the asset metadata and the sensors.")

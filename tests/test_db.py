@@ -39,8 +39,11 @@ def test_upgrade_adds_missing_columns_to_an_existing_table_without_touching_its_
         ("Pendiente", None, None, False),
     ]
     assert [r["llm_attempts"] for r in rows] == [0, 0]
-    # The pending row is claimable through the new columns.
+    # The pending row is claimable through the new columns, and items can be marked as reviewed.
     assert [item.id for item in db.claim_batch(engine, "run-a", 10, 3, LEASE)] == [2]
+    assert "added column categoria_revisada" in changes and [r["categoria_revisada"] for r in rows] == [None, None]
+    assert db.mark_reviewed(engine, [(1, "política"), ("https://x/2", "Salud")]).written == 2
+    assert [(r["id"], r["categoria_revisada"]) for r in db.fetch_labelled(engine)] == [(1, "Política"), (2, "Salud")]
 
 
 def test_concurrent_claims_take_disjoint_batches(engine):

@@ -1,14 +1,12 @@
 """Noticias assets: the table fed from RSS/Atom feeds, and its category statistics."""
 
-import base64
-import io
-
 import dagster as dg
 import pandas as pd
 from pydantic import Field
 
 from .. import db
 from ..feeds import ingest_feeds
+from ..plots import chart_markdown
 from ..resources import NoticiasDatabase
 from ..settings import feed_sources
 
@@ -74,20 +72,11 @@ def category_distribution(rows: list[dict]) -> pd.DataFrame:
 
 
 def _bar_chart_markdown(stats: pd.DataFrame) -> str:
-    import matplotlib
+    def draw(axis):
+        axis.barh(stats["llm_categoria"][::-1], stats["items"][::-1], color="#4f7cac")
+        axis.set_xlabel("noticias")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(7, 3.5))
-    axis.barh(stats["llm_categoria"][::-1], stats["items"][::-1], color="#4f7cac")
-    axis.set_xlabel("noticias")
-    axis.set_title("Noticias por categoría")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return f"![Noticias por categoría](data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()})"
+    return chart_markdown("Noticias por categoría", draw)
 
 
 @dg.asset(

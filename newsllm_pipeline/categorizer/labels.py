@@ -19,7 +19,7 @@ import torch
 
 from ..files import write_text_atomically
 from ..settings import PROJECT_HOME
-from .prompt import build_prompt
+from .prompt import FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, build_prompt
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,13 @@ class LabelScoringCategorizer:
     fingerprint: str = ""
     max_item_tokens: int = 64
     batch_size: int = 16
+    # A categoriser adapter's own prompt (see categorizer/adapter.py): no examples, a shorter system message.
+    few_shot: bool = True
+    system_prompt: str = SYSTEM_PROMPT
 
     def _prepare(self) -> None:
-        self._prompt = build_prompt(self.tokenizer, self.categories)
+        examples = FEW_SHOT_EXAMPLES if self.few_shot else ()
+        self._prompt = build_prompt(self.tokenizer, self.categories, examples, self.system_prompt)
         self._suffix_ids = self._encode(self._prompt.suffix)
         self.trie = LabelTrie.build(self.categories, [self._encode(label) for label in self.categories])
         self._encode_prefix(self._encode(self._prompt.prefix))

@@ -70,9 +70,10 @@ class PromptParts:
     suffix: str
 
 
-def build_prompt(tokenizer, categories: Sequence[str], examples=FEW_SHOT_EXAMPLES) -> PromptParts:
-    """Render the few-shot conversation with the tokenizer's chat template and split it at the item."""
-    messages = [{"role": "system", "content": SYSTEM_PROMPT.format(categories=", ".join(categories))}]
+def build_prompt(tokenizer, categories: Sequence[str], examples=FEW_SHOT_EXAMPLES, system=SYSTEM_PROMPT) -> PromptParts:
+    """Render the few-shot conversation with the tokenizer's chat template and split it at the item.
+    `system` may name {categories}."""
+    messages = [{"role": "system", "content": system.format(categories=", ".join(categories))}]
     for text, label in examples:
         if label in categories:
             messages += [{"role": "user", "content": text}, {"role": "assistant", "content": label}]

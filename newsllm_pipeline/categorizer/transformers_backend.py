@@ -7,44 +7,16 @@ import re
 from collections.abc import Sequence
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import DynamicCache
 
+from ..models import load_model
 from .labels import EMPTY_ITEM, CategorizationError, LabelScoringCategorizer, Prediction, folder_fingerprint
-from .prompt import DEFAULT_CATEGORIES, parse_category
+from .prompt import DEFAULT_CATEGORIES, SYSTEM_PROMPT, parse_category
 
 GENERATE_PROMPT = (
     "Clasifica la siguiente noticia en una de estas categorías: {categories}.\n"
     'Responde solo con JSON: {{"categoria": "...", "confianza": 0.0-1.0}}\n\n{text}'
 )
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """'auto': bf16 on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16/AMX: twice the fp32
-    rate here), else fp32."""
-    if dtype != "auto":
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-    native_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return torch.bfloat16 if device.startswith("cuda") or native_bf16 else torch.float32
-
-
-def load_model(model_dir: str, device: str = "auto", adapter_dir: str | None = None, dtype: str = "auto"):
-    """Model and tokenizer from an HF folder (or hub id), on `device`, with a LoRA adapter merged in."""
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-    if adapter_dir:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    model.eval()
-    return model, tokenizer
 
 
 class TransformersCategorizer(LabelScoringCategorizer):
@@ -65,11 +37,15 @@ class TransformersCategorizer(LabelScoringCategorizer):
         batch_size: int = 16,
         method: str = "score",
         calibration_texts: Sequence[str] = (),
+        few_shot: bool = True,
+        system_prompt: str = SYSTEM_PROMPT,
     ):
         if method not in ("score", "generate"):
             raise ValueError(f"unknown categorisation method {method!r}: use 'score' or 'generate'")
         self.categories = tuple(categories)
         self.method = method
+        self.few_shot = few_shot
+        self.system_prompt = system_prompt
         self.max_item_tokens = max_item_tokens
         self.batch_size = batch_size
         self.model, self.tokenizer = load_model(model_dir, device, adapter_dir, dtype)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..files import staged_folder
+from ..files import content_version, staged_folder
 from .markdown import ESCAPED_CHARACTER, HTML_COMMENT, IMAGE_LINK, WORD
 
 FIGURE_MARKER = "Descripción de la figura:"
@@ -110,7 +110,7 @@ class Dataset:
 @dataclass(frozen=True)
 class DatasetFiles:
     folder: Path
-    name: str
+    name: str = "newsllm_documents"
 
     @property
     def train_jsonl(self) -> Path:
@@ -131,6 +131,10 @@ class DatasetFiles:
     @property
     def dataset_info(self) -> Path:
         return self.folder / DATASET_INFO
+
+    def version(self) -> str:
+        """A short hash of the train and eval splits: what an adapter was trained and judged on."""
+        return content_version(self.train_jsonl, self.eval_jsonl)
 
 
 def _clean(line: str) -> str:
@@ -189,7 +193,8 @@ def split_sections(document: str, markdown: str) -> list[Section]:
     return sections
 
 
-def _stable_hash(text: str) -> int:
+def stable_hash(text: str) -> int:
+    """A 64-bit hash that is the same in every process and Python version (unlike `hash`), for splits."""
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
@@ -228,7 +233,7 @@ def examples_from_sections(
         if len(output) >= min_output_chars:
             if heading:
                 templates = SECTION_TEMPLATES
-                template = templates[_stable_hash(f"{section.document}\n{heading}") % len(templates)]
+                template = templates[stable_hash(f"{section.document}\n{heading}") % len(templates)]
             else:
                 template = PREAMBLE_INSTRUCTION
             examples.append(
@@ -292,7 +297,7 @@ def build_dataset(examples: Iterable[Example], eval_share: float = 0.1, seed: in
         kept.append(example)
     train, evaluation = [], []
     for example in kept:
-        bucket = _stable_hash(f"{seed}\n{normalise_instruction(example.instruction)}") / 2**64
+        bucket = stable_hash(f"{seed}\n{normalise_instruction(example.instruction)}") / 2**64
         (evaluation if bucket < eval_share else train).append(example)
     lengths = sorted(len(example.output) for example in kept)
     stats = DatasetStats(

@@ -238,7 +238,7 @@ def transformers_generator(model_dir: str, device: str = "auto", max_new_tokens:
     tokenizer's chat template, greedy decoding, and only the new text returned."""
     import torch
 
-    from ..categorizer.transformers_backend import load_model
+    from ..models import load_model
 
     model, tokenizer = load_model(model_dir, device)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -9,6 +9,7 @@ import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from ..categorizer import DEFAULT_CATEGORIES, CategorizationError, Prediction, item_text
+from ..categorizer.adapter import PromptSettings
 from ..models import resolve_model_dir
 
 PACKAGED_CALIBRATION = Path(__file__).parent.parent / "categorizer" / "calibration_es.jsonl"
@@ -40,8 +41,18 @@ def load_categorizer(
     cache_type,
     max_seq_len,
 ):
-    """Load a categoriser backend once per process (demo and tests run many jobs in one process)."""
+    """Load a categoriser backend once per process (demo and tests run many jobs in one process).
+
+    An adapter trained by `categorizer_adapter` carries the prompt it was trained on; that prompt is used."""
     model_dir = resolve_model_dir(model_dir)
+    prompt = {}
+    adapter_prompt = PromptSettings.read(adapter_dir)
+    if adapter_prompt is not None:
+        if tuple(adapter_prompt.categories) != tuple(categories):
+            raise ValueError(f"adapter {adapter_dir} was trained on other categories: {adapter_prompt.categories}")
+        prompt = {"few_shot": adapter_prompt.few_shot, "system_prompt": adapter_prompt.system_prompt}
+        max_item_tokens = adapter_prompt.max_item_tokens
+        calibration = calibration and adapter_prompt.calibration
     common = dict(
         categories=categories,
         max_item_tokens=max_item_tokens,
@@ -52,7 +63,7 @@ def load_categorizer(
         from ..categorizer.transformers_backend import TransformersCategorizer
 
         return TransformersCategorizer(
-            model_dir, adapter_dir=adapter_dir, device=device, dtype=dtype, method=method, **common
+            model_dir, adapter_dir=adapter_dir, device=device, dtype=dtype, method=method, **prompt, **common
         )
     if backend == "exllamav2":
         if adapter_dir or method != "score":
@@ -114,6 +125,8 @@ class CategorizerResource(dg.ConfigurableResource):
             settings = self.model_dump()
             settings["categories"] = tuple(self.categories)
             settings["gpu_split"] = tuple(self.gpu_split) if self.gpu_split else None
+            # `current` is a symlink that retraining moves: load (and cache) what it points at now.
+            settings["adapter_dir"] = str(Path(self.adapter_dir).resolve()) if self.adapter_dir else None
             self._categorizer = load_categorizer(**settings)
         return self._categorizer
 

@@ -1,0 +1,174 @@
+"""Trusted category labels: editors' reviews, feed tags mapped to the categories, and the held-out split."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pyarrow.parquet as pq
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from newsllm_pipeline import db, settings
+from newsllm_pipeline.categorizer.training_set import (
+    FEED_TAG_CATEGORIES,
+    build_labelled_set,
+    import_reviews_csv,
+    read_labelled_split,
+    trusted_label,
+    write_labelled_set,
+)
+from newsllm_pipeline.cli import main
+from newsllm_pipeline.feeds import ingest_feeds, parse_feed
+
+SAMPLE_FEEDS = sorted(str(path) for path in (settings.PROJECT_HOME / "data" / "feeds").glob("*.xml"))
+LABELS_CSV = settings.PROJECT_HOME / "data" / "feeds" / "labels.csv"
+
+
+def _hand_labels() -> dict[str, str]:
+    with open(LABELS_CSV, encoding="utf-8") as file:
+        return {row["url"]: row["categoria"] for row in csv.DictReader(file)}
+
+
+def _sample_rows() -> list[dict]:
+    """The sample feeds' items as rows, with ids as the table would give them."""
+    rows = [row for feed in SAMPLE_FEEDS for row in parse_feed(feed)[0]]
+    return [{**row, "id": number, "categoria_revisada": None} for number, row in enumerate(rows, start=1)]
+
+
+def _reviewed(engine) -> dict[int, tuple[str | None, object]]:
+    with engine.connect() as conn:
+        query = sa.select(db.noticias.c.id, db.noticias.c.categoria_revisada, db.noticias.c.revisada_at)
+        return {row_id: (categoria, at) for row_id, categoria, at in conn.execute(query)}
+
+
+def test_reviews_by_id_and_url_are_written_and_bad_ones_reported_without_stopping_the_rest(engine):
+    ingest_feeds(engine, SAMPLE_FEEDS)
+    untagged = next(row for row in _sample_rows() if not row["feed_categorias"])
+    assert len(db.fetch_labelled(engine)) == 206  # 34 sample items come without category tags
+    with engine.connect() as conn:
+        first, second, third, untagged_id = (
+            conn.execute(sa.select(db.noticias.c.id).where(db.noticias.c.url == url)).scalar_one()
+            for url in (
+                "https://eldiarionacional.example/loterias/loteria-navidad-numero-mas-buscado-60.html",
+                "https://eldiarionacional.example/medio-ambiente/espana-cop31-antalya-metano-57.html",
+                "https://eldiarionacional.example/sucesos/incendio-edificio-benimaclet-59.html",
+                untagged["url"],
+            )
+        )
+    result = db.mark_reviewed(
+        engine,
+        [
+            (first, "Otros"),
+            ("https://eldiarionacional.example/medio-ambiente/espana-cop31-antalya-metano-57.html", "medio ambiente"),
+            (third, "Deporte"),
+            (untagged["url"], "ECONOMIA"),
+            (10**9, "Salud"),
+            ("https://nowhere.example/x", "Salud"),
+        ],
+    )
+    assert result.written == 3 and not result.ok
+    assert [(r.key, r.categoria) for r in result.rejected] == [(third, "Deporte")]
+    assert "did you mean 'Deportes'?" in result.rejected[0].reason
+    assert result.not_found == (10**9, "https://nowhere.example/x")
+    reviewed = _reviewed(engine)
+    assert {row_id: categoria for row_id, (categoria, _) in reviewed.items() if categoria} == {
+        first: "Otros",
+        second: "Medio Ambiente",
+        untagged_id: "Economía",
+    }
+    assert reviewed[first][1] is not None and reviewed[third] == (None, None)
+    assert len(db.fetch_labelled(engine)) == 207  # the untagged item now has a label
+
+
+def test_a_review_wins_over_the_feed_and_tags_naming_two_categories_give_no_label():
+    def row(tags, review=None):
+        return {"feed_categorias": tags, "categoria_revisada": review}
+
+    assert trusted_label(row("Deportes|Fútbol", review="Economía")) == ("Economía", "reviewed")
+    assert trusted_label(row("Fútbol|Deportes")) == ("Deportes", "feed")
+    assert trusted_label(row("Economía|Turismo")) == ("Economía", "feed")  # the unmapped tag is ignored
+    assert trusted_label(row("SUCESOS")) == ("Seguridad", "feed")
+    assert trusted_label(row("Política|España")) is None  # Política or Nacional: ambiguous
+    assert trusted_label(row("Ayuntamiento")) is None and trusted_label(row(None)) is None
+    site_map = {**FEED_TAG_CATEGORIES, "ayuntamiento": "Política"}
+    assert trusted_label(row("Ayuntamiento"), tag_map=site_map) == ("Política", "feed")
+    assert trusted_label(row("Deportes", review="Deportes"), categories=("Local", "Resto")) is None
+
+
+def test_feed_tags_agree_with_the_hand_labels_of_the_sample():
+    labels = _hand_labels()
+    trusted = [(row["url"], trusted_label(row)) for row in _sample_rows()]
+    feed_labelled = [(url, label) for url, label in trusted if label]
+    agreed = sum(label[0] == labels[url] for url, label in feed_labelled)
+    assert len(feed_labelled) >= 180  # of 240 items, 206 with tags
+    assert agreed / len(feed_labelled) >= 0.95
+
+
+def test_an_item_keeps_its_side_of_the_split_as_rows_are_added_and_reviewed():
+    rows = _sample_rows()
+    before = build_labelled_set(rows[:120], min_reviewed_eval=0)
+    labels = _hand_labels()
+    after = build_labelled_set([{**row, "categoria_revisada": labels[row["url"]]} for row in rows])
+    before_train, before_eval = {i.url for i in before.train}, {i.url for i in before.eval}
+    after_train, after_eval = {i.url for i in after.train}, {i.url for i in after.eval}
+    assert before_eval and before_train <= after_train and before_eval <= after_eval
+    assert not before_eval & after_train
+
+
+def test_eval_keeps_to_reviewed_items_once_there_are_enough():
+    rows = _sample_rows()
+    labels = _hand_labels()
+    partly_reviewed = [
+        {**row, "categoria_revisada": labels[row["url"]] if n % 2 else None} for n, row in enumerate(rows)
+    ]
+    few = build_labelled_set(partly_reviewed, min_reviewed_eval=1000)
+    enough = build_labelled_set(partly_reviewed, min_reviewed_eval=5)
+    assert {item.source for item in few.eval} == {"reviewed", "feed"}
+    assert {item.source for item in enough.eval} == {"reviewed"}
+    assert enough.stats.eval_reviewed == enough.stats.eval == few.stats.eval_reviewed
+    assert enough.stats.held_out_feed == few.stats.eval - enough.stats.eval > 0
+    assert few.train == enough.train
+
+
+def test_sample_feeds_with_the_hand_labels_give_a_training_set_over_the_categories(engine, tmp_path):
+    ingest_feeds(engine, SAMPLE_FEEDS)
+    result = import_reviews_csv(engine, LABELS_CSV)
+    assert (result.written, result.rejected, result.not_found) == (240, (), ())
+    labelled = build_labelled_set(db.fetch_labelled(engine))
+    stats = labelled.stats
+    assert len(stats.categories["train"]) >= 14 and stats.eval > 0
+    assert stats.eval_reviewed == stats.eval and stats.train + stats.eval == 240
+    assert stats.feed_agreed / stats.feed_checked >= 0.95
+
+    folder = write_labelled_set(labelled, tmp_path / "categorizer_training_set")
+    assert read_labelled_split(folder / "train.jsonl") == labelled.train
+    assert read_labelled_split(folder / "eval.jsonl") == labelled.eval
+    assert pq.read_table(folder / "eval.parquet").to_pylist() == [
+        json.loads(line) for line in (folder / "eval.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert json.loads((folder / "stats.json").read_text(encoding="utf-8")) == stats.as_dict()
+
+
+def test_review_command_imports_a_csv_and_reviews_one_item(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    runner = CliRunner()
+    assert runner.invoke(main, ["ingest", *SAMPLE_FEEDS, "--url", url]).exit_code == 0
+
+    imported = runner.invoke(main, ["review", "--file", str(LABELS_CSV), "--url", url])
+    assert imported.exit_code == 0, imported.output
+    assert "240 written, 0 rejected, 0 not found" in imported.output
+
+    single = runner.invoke(main, ["review", "1", "sociedad", "--url", url])
+    assert single.exit_code == 0 and "1 written" in single.output
+    assert _reviewed(db.create_db_engine(url))[1][0] == "Sociedad"
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,categoria\n2,Salud\n3,Farándula\nabc,Salud\n99999,Salud\n", encoding="utf-8")
+    result = runner.invoke(main, ["review", "--file", str(bad), "--url", url])
+    assert result.exit_code == 1
+    assert "1 written, 2 rejected, 1 not found" in result.output
+    assert "unknown category 'Farándula'" in result.output and "not found: 99999" in result.output
+
+    assert runner.invoke(main, ["review", "1", "Farándula", "--url", url]).exit_code == 1
+    assert runner.invoke(main, ["review", "--url", url]).exit_code == 2  # nothing to review: usage error

@@ -97,6 +97,7 @@ def _training_metadata(run: TrainingRun) -> dict:
         "runtime_s": info["train_runtime_s"],
         "samples_per_s": info["train_samples_per_second"],
         "tokens_per_s": info["tokens_per_second"],
+        "padding_share": info["padding_share"],
         "first_loss": info["first_loss"],
         "final_loss": info["final_loss"],
         "loss_curve": dg.MetadataValue.md(_loss_curve(history)) if history else "",

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import settings
-from .files import staged_file
+from .files import read_jsonl, staged_file
 
 
 def _database_option(function):
@@ -105,7 +105,7 @@ def categorize(input_path, output_path, model_dir, adapter_dir, backend, device,
     from .categorizer import Prediction, item_text
     from .resources.categorizer import CategorizerResource
 
-    records = [json.loads(line) for line in input_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = read_jsonl(input_path)
     categorizer = CategorizerResource(
         backend=backend,
         model_dir=model_dir or settings.model_dir(),

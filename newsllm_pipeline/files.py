@@ -1,9 +1,11 @@
-"""Writing outputs whole or not at all: a crash or an error never leaves a half-written file or folder."""
+"""Files: outputs written whole or not at all (a crash or an error never leaves a half-written file or folder),
+content versions, and JSONL read back."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -58,3 +60,8 @@ def content_version(*paths: Path) -> str:
         digest.update(path.read_bytes() if path.exists() else b"")
         digest.update(b"\0")
     return digest.hexdigest()[:12]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The objects of a JSONL file, blank lines skipped."""
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -3,6 +3,7 @@ assets end to end (train, reuse, evaluate), resuming an interrupted run, and the
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 
 from newsllm_pipeline.assets import training as training_assets
 from newsllm_pipeline.documents.dataset import Example, build_dataset, write_dataset
+from newsllm_pipeline.files import read_jsonl
 from newsllm_pipeline.jobs.training import lora_retraining_schedule
 from newsllm_pipeline.resources.documents import DocumentStore
 from newsllm_pipeline.resources.training import LoraTrainerResource
@@ -171,7 +173,7 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(model_dir, datase
             if state.global_step == 2:
                 raise Interrupt
 
-    records = alpaca_records([json.loads(line) for line in (dataset_dir / "train.jsonl").read_text().splitlines()])
+    records = alpaca_records(read_jsonl(dataset_dir / "train.jsonl"))
     settings = PROFILES["cpu"].with_overrides(**{**TINY, "max_steps": 3})
     adapters = tmp_path / "adapters"
     with pytest.raises(Interrupt):
@@ -255,7 +257,7 @@ def test_length_buckets_cover_every_example_once_in_a_repeatable_order():
     assert sorted(first) == list(range(50)) and list(sampler) == first
     batches = [first[start : start + 8] for start in range(0, 50, 8)]
     spans = sorted((min(lengths[i] for i in batch), max(lengths[i] for i in batch)) for batch in batches)
-    assert all(high <= next_low for (_, high), (next_low, _) in zip(spans, spans[1:])), "batches overlap in length"
+    assert all(high <= next_low for (_, high), (next_low, _) in itertools.pairwise(spans)), "batches overlap in length"
     assert [low for low, _ in spans] != [min(lengths[i] for i in batch) for batch in batches], "batch order shuffled"
     sampler.set_epoch(1)
     assert list(sampler) != first
@@ -268,7 +270,7 @@ def test_cpu_loss_on_completion_tokens_equals_the_full_cross_entropy(model_dir, 
     from newsllm_pipeline.training.lora import _trainer, resolve_precision
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    records = alpaca_records([json.loads(line) for line in (dataset_dir / "train.jsonl").read_text().splitlines()])
+    records = alpaca_records(read_jsonl(dataset_dir / "train.jsonl"))
     settings = PROFILES["cpu"].with_overrides(**TINY)
     trainer = _trainer(
         model_dir, tokenizer, records, settings, dataset_dir / "work", "cpu", resolve_precision("fp32", "cpu"), []

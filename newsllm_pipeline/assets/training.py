@@ -17,12 +17,12 @@ from ..categorizer.training_set import (
     write_labelled_set,
 )
 from ..documents.dataset import DatasetFiles
-from ..files import content_version
+from ..files import content_version, read_jsonl
 from ..plots import chart_markdown
 from ..resources import CategorizerResource, NoticiasDatabase
 from ..resources.documents import DocumentStore
 from ..resources.training import LoraTrainerResource
-from ..training.lora import PROFILES, LoraSettings, TrainingRun, alpaca_records, read_jsonl, train_lora
+from ..training.lora import PROFILES, LoraSettings, TrainingRun, alpaca_records, train_lora
 from .documents import training_dataset
 from .noticias import noticias
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Engine
 
 from .. import db
 from ..documents.dataset import stable_hash
-from ..files import staged_folder
+from ..files import read_jsonl, staged_folder
 from ..text import fold
 from .prompt import DEFAULT_CATEGORIES, item_text
 
@@ -269,8 +269,7 @@ def write_labelled_set(labelled: LabelledSet, out_dir: Path) -> Path:
 
 def read_labelled_split(path: Path) -> list[LabelledItem]:
     """The items of a `train.jsonl` or `eval.jsonl` written by `write_labelled_set`."""
-    with open(path, encoding="utf-8") as file:
-        return [LabelledItem(**json.loads(line)) for line in file if line.strip()]
+    return [LabelledItem(**row) for row in read_jsonl(path)]
 
 
 def import_reviews_csv(engine: Engine, path: Path, categories: Sequence[str] | None = None) -> db.ReviewResult:

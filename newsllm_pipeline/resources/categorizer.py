@@ -1,7 +1,6 @@
 """The LLM that categorises noticias, injected per job: backend, model folder, device, adapter."""
 
 import functools
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +9,7 @@ from pydantic import Field, PrivateAttr
 
 from ..categorizer import DEFAULT_CATEGORIES, CategorizationError, Prediction, item_text
 from ..categorizer.adapter import PromptSettings
+from ..files import read_jsonl
 from ..models import resolve_model_dir
 
 PACKAGED_CALIBRATION = Path(__file__).parent.parent / "categorizer" / "calibration_es.jsonl"
@@ -20,7 +20,7 @@ def calibration_texts(calibration: bool, calibration_file: str | None) -> tuple[
     if not calibration:
         return ()
     path = Path(calibration_file) if calibration_file else PACKAGED_CALIBRATION
-    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = read_jsonl(path)
     return tuple(item_text(record.get("titulo"), record.get("resumen")) for record in records)
 
 

@@ -52,5 +52,4 @@ class LoraTrainerResource(dg.ConfigurableResource):
 
     def inference_dtype(self) -> str:
         """The dtype to evaluate in: the training precision's, so base and adapter are judged alike."""
-        precision = resolve_precision(self.precision, resolve_device(self.device))
-        return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[precision.name]
+        return resolve_precision(self.precision, resolve_device(self.device)).inference_dtype

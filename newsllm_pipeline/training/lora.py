@@ -95,6 +95,11 @@ class Precision:
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float32}[self.name]
 
     @property
+    def inference_dtype(self) -> str:
+        """The dtype to evaluate in (`load_model`'s names), so base and adapter are judged as trained."""
+        return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[self.name]
+
+    @property
     def trainer_flags(self) -> dict:
         # fp16 weights cannot be trained stably: fp16 is autocast over fp32 weights with loss scaling (CUDA only).
         return {"bf16": False, "fp16": self.name == "fp16"}
@@ -128,10 +133,6 @@ def alpaca_records(rows: Sequence[dict]) -> list[dict]:
             }
         )
     return records
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def tokenized_ids(tokenizer, record: dict) -> tuple[list[int], list[int]]:

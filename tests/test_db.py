@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -56,6 +57,7 @@ def test_concurrent_claims_take_disjoint_batches(engine):
         ids = []
         while batch := db.claim_batch(engine, name, 4, 3, LEASE):
             ids += [item.id for item in batch]
+            time.sleep(0.01)  # a run works on its batch before claiming again: without it one thread can drain all
         claims[name] = ids
 
     threads = [threading.Thread(target=claim, args=(f"run-{n}",)) for n in range(6)]

@@ -262,17 +262,78 @@ def reset_for_reprocessing(engine: Engine, selection: Selection) -> int:
     return result.rowcount
 
 
-def insert_new(engine: Engine, rows: Iterable[dict]) -> int:
-    """Insert feed items whose url is not in the table yet; returns how many were new.
+@dataclass(frozen=True)
+class RejectedItem:
+    """A row the database cannot hold, and why."""
 
-    Items are deduplicated by url among themselves first, and each insert skips a url that a
-    concurrent ingestion wrote meanwhile (ON CONFLICT DO NOTHING on both dialects).
-    """
-    by_url = {}
+    row: dict
+    reason: str
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    new: int
+    rejected: tuple[RejectedItem, ...] = ()
+
+
+def _without_nul(row: dict) -> dict:
+    """PostgreSQL text cannot hold NUL (SQLite can); it carries no meaning in a feed, so it is dropped on both."""
+    return {key: value.replace("\x00", "") if isinstance(value, str) else value for key, value in row.items()}
+
+
+def _unstorable_reason(row: dict) -> str | None:
+    """Why a column of `noticias` cannot hold a value of `row` (checked before the database says it less clearly)."""
+    for key, value in row.items():
+        if not isinstance(value, str):
+            continue
+        length = getattr(noticias.c[key].type, "length", None) if key in noticias.c else None
+        if length is not None and len(value) > length:
+            return f"{key} is {len(value):,} characters, over the column's {length:,}"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return f"{key} is not valid Unicode text ({error.reason} at character {error.start})"
+    return None
+
+
+def _insert_each(conn, statement, rows: list[dict]) -> tuple[int, list[RejectedItem]]:
+    """Insert `rows` in one statement; if the database refuses it, row by row (a savepoint each), so one value
+    it cannot hold rejects only its own row."""
+    try:
+        with conn.begin_nested():
+            conn.execute(statement, rows)
+        return len(rows), []
+    except (sa.exc.SQLAlchemyError, UnicodeError):
+        pass  # find the rows it refuses
+    inserted, rejected = 0, []
     for row in rows:
-        by_url.setdefault(row["url"], row)
+        try:
+            with conn.begin_nested():
+                conn.execute(statement, [row])
+            inserted += 1
+        except (sa.exc.SQLAlchemyError, UnicodeError) as error:
+            reason = getattr(error, "orig", None) or error
+            rejected.append(RejectedItem(row, f"the database refused it ({str(reason).splitlines()[0]})"))
+    return inserted, rejected
+
+
+def insert_new(engine: Engine, rows: Iterable[dict]) -> InsertResult:
+    """Insert feed items whose url is not in the table yet; returns how many were new and the items the table
+    cannot hold (with the reason), which are left out while every other item is stored.
+
+    NUL characters are removed from every text value first. Items are deduplicated by url among themselves,
+    and each insert skips a url that a concurrent ingestion wrote meanwhile (ON CONFLICT DO NOTHING on both
+    dialects).
+    """
+    by_url, rejected = {}, []
+    for row in map(_without_nul, rows):
+        reason = _unstorable_reason(row)
+        if reason:
+            rejected.append(RejectedItem(row, reason))
+        else:
+            by_url.setdefault(row["url"], row)
     if not by_url:
-        return 0
+        return InsertResult(0, tuple(rejected))
     if engine.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
@@ -285,9 +346,12 @@ def insert_new(engine: Engine, rows: Iterable[dict]) -> int:
             chunk = urls[start : start + 500]
             known.update(conn.execute(sa.select(noticias.c.url).where(noticias.c.url.in_(chunk))).scalars())
         new_rows = [{**row, "ingested_at": now} for url, row in by_url.items() if url not in known]
+        inserted = 0
         if new_rows:
-            conn.execute(insert(noticias).on_conflict_do_nothing(index_elements=["url"]), new_rows)
-    return len(new_rows)
+            statement = insert(noticias).on_conflict_do_nothing(index_elements=["url"])
+            inserted, refused = _insert_each(conn, statement, new_rows)
+            rejected.extend(refused)
+    return InsertResult(inserted, tuple(rejected))
 
 
 def fetch_categorized(engine: Engine) -> list[dict]:
@@ -403,9 +467,9 @@ def mark_reviewed(
 
 
 def fetch_labelled(engine: Engine) -> list[dict]:
-    """Rows that may carry a training label: an editor's review or the feed's own category tags."""
+    """Rows that may carry a training label: every row, as its url's section may give one (besides an
+    editor's review or the feed's own category tags)."""
     c = noticias.c
     columns = [c.id, c.url, c.titulo, c.resumen, c.fuente, c.feed_categorias, c.categoria_revisada, c.llm_categoria]
-    labelled = sa.or_(c.categoria_revisada.is_not(None), c.feed_categorias != "")  # NULL != '' is not true
     with engine.connect() as conn:
-        return [dict(row._mapping) for row in conn.execute(sa.select(*columns).where(labelled).order_by(c.id))]
+        return [dict(row._mapping) for row in conn.execute(sa.select(*columns).order_by(c.id))]

@@ -12,10 +12,13 @@ from click.testing import CliRunner
 from newsllm_pipeline import db, settings
 from newsllm_pipeline.categorizer.training_set import (
     FEED_TAG_CATEGORIES,
+    URL_SECTION_CATEGORIES,
     build_labelled_set,
     import_reviews_csv,
     read_labelled_split,
     trusted_label,
+    url_section_label,
+    url_sections,
     write_labelled_set,
 )
 from newsllm_pipeline.cli import main
@@ -45,7 +48,7 @@ def _reviewed(engine) -> dict[int, tuple[str | None, object]]:
 def test_reviews_by_id_and_url_are_written_and_bad_ones_reported_without_stopping_the_rest(engine):
     ingest_feeds(engine, SAMPLE_FEEDS)
     untagged = next(row for row in _sample_rows() if not row["feed_categorias"])
-    assert len(db.fetch_labelled(engine)) == 206  # 34 sample items come without category tags
+    assert len(db.fetch_labelled(engine)) == 240  # every row: its url section may label it
     with engine.connect() as conn:
         first, second, third, untagged_id = (
             conn.execute(sa.select(db.noticias.c.id).where(db.noticias.c.url == url)).scalar_one()
@@ -78,12 +81,11 @@ def test_reviews_by_id_and_url_are_written_and_bad_ones_reported_without_stoppin
         untagged_id: "Economía",
     }
     assert reviewed[first][1] is not None and reviewed[third] == (None, None)
-    assert len(db.fetch_labelled(engine)) == 207  # the untagged item now has a label
 
 
 def test_a_review_wins_over_the_feed_and_tags_naming_two_categories_give_no_label():
     def row(tags, review=None):
-        return {"feed_categorias": tags, "categoria_revisada": review}
+        return {"feed_categorias": tags, "categoria_revisada": review, "url": "https://x.example/2026/10/a.html"}
 
     assert trusted_label(row("Deportes|Fútbol", review="Economía")) == ("Economía", "reviewed")
     assert trusted_label(row("Fútbol|Deportes")) == ("Deportes", "feed")
@@ -94,6 +96,51 @@ def test_a_review_wins_over_the_feed_and_tags_naming_two_categories_give_no_labe
     site_map = {**FEED_TAG_CATEGORIES, "ayuntamiento": "Política"}
     assert trusted_label(row("Ayuntamiento"), tag_map=site_map) == ("Política", "feed")
     assert trusted_label(row("Deportes", review="Deportes"), categories=("Local", "Resto")) is None
+
+
+def test_url_sections_are_the_path_segments_before_the_slug_without_dates_ids_or_generic_ones():
+    assert url_sections("https://elpais.com/deportes/2025-06-28/kilian-jornet.html") == ["deportes"]
+    assert url_sections("https://www.elmundo.es/ciencia-y-salud/salud/2025/01/01/6776.html") == [
+        "ciencia y salud",
+        "salud",
+    ]
+    assert url_sections("https://www.20minutos.es/noticia/5664131/0/rey-federico/") == ["rey federico"]
+    assert url_sections("https://es.example/es/amp/Economía/") == ["economia"]
+    assert url_sections("not a url") == [] and url_sections(None) == []
+
+
+def test_the_outermost_known_url_section_names_the_category():
+    assert url_section_label("https://www.marca.com/futbol/premios-the-best/2023/02/27/63fc.html") == "Deportes"
+    assert url_section_label("https://www.elmundo.es/ciencia-y-salud/salud/2025/01/01/6776.html") == "Salud"
+    assert url_section_label("https://www.abc.es/espana/madrid/ayuso-20250101-nt.html") == "Nacional"
+    assert url_section_label("https://www.eluniversal.com.mx/nacion/fotos-avion-aifa/") == "Nacional"
+    assert url_section_label("https://www.lavanguardia.com/internacional/20250101/123/x.html") == "Internacional"
+    assert url_section_label("https://x.example/medio-ambiente/cop31.html") == "Medio Ambiente"
+    assert url_section_label("https://cnnespanol.cnn.com/2024/11/16/zelensky-trump/") is None
+    assert url_section_label("https://x.example/opinion/tribuna.html") is None  # filed either way: not mapped
+    assert url_section_label("https://x.example/opinion/tribuna.html", {"opinion": "Otros"}) == "Otros"
+    assert URL_SECTION_CATEGORIES["sanidad"] == FEED_TAG_CATEGORIES["sanidad"] == "Salud"
+
+
+def test_url_section_labels_an_untagged_row_and_a_disagreeing_one_is_ambiguous():
+    def row(tags, url, review=None):
+        return {"feed_categorias": tags, "categoria_revisada": review, "url": url}
+
+    sport = "https://x.example/deportes/2026/10/01/final.html"
+    assert trusted_label(row(None, sport)) == ("Deportes", "url")
+    assert trusted_label(row("Fútbol", sport)) == ("Deportes", "feed")  # both agree: the tags are named
+    assert trusted_label(row("Economía", sport)) is None  # the tags and the url disagree
+    assert trusted_label(row("Economía", sport, review="Economía")) == ("Economía", "reviewed")
+    assert trusted_label(row(None, "https://x.example/2026/10/01/final.html")) is None
+
+
+def test_url_sections_agree_with_the_hand_labels_of_the_sample():
+    labels = _hand_labels()
+    by_url = [(row["url"], url_section_label(row["url"])) for row in _sample_rows()]
+    labelled = [(url, label) for url, label in by_url if label]
+    agreed = sum(label == labels[url] for url, label in labelled)
+    assert len(labelled) >= 120  # of 240 items, 180 have a section in their url
+    assert agreed / len(labelled) >= 0.95
 
 
 def test_feed_tags_agree_with_the_hand_labels_of_the_sample():
@@ -140,6 +187,7 @@ def test_sample_feeds_with_the_hand_labels_give_a_training_set_over_the_categori
     assert len(stats.categories["train"]) >= 14 and stats.eval > 0
     assert stats.eval_reviewed == stats.eval and stats.train + stats.eval == 240
     assert stats.feed_agreed / stats.feed_checked >= 0.95
+    assert stats.url_checked >= 120 and stats.url_agreed / stats.url_checked >= 0.95
 
     folder = write_labelled_set(labelled, tmp_path / "categorizer_training_set")
     assert read_labelled_split(folder / "train.jsonl") == labelled.train

@@ -16,6 +16,7 @@ from ..categorizer.training_set import (
     read_labelled_split,
     write_labelled_set,
 )
+from ..device_memory import peak_device_memory
 from ..documents.dataset import DatasetFiles
 from ..files import content_version, read_jsonl
 from ..plots import chart_markdown
@@ -101,23 +102,26 @@ def _training_metadata(run: TrainingRun) -> dict:
         "first_loss": info["first_loss"],
         "final_loss": info["final_loss"],
         "loss_curve": dg.MetadataValue.md(_loss_curve(history)) if history else "",
+        "parameter_dtypes": dg.MetadataValue.json(info.get("parameter_dtypes", {})),
     }
 
 
 def _train(context, config: LoraTrainingConfig, trainer: LoraTrainerResource, kind: str, records, **options):
-    """Train (or reuse) the adapter of `kind` and make it the current one."""
-    run = train_lora(
-        trainer.base_model(),
-        records,
-        trainer.folder(kind),
-        config.settings(),
-        device=trainer.device,
-        precision=trainer.precision,
-        log=context.log.info,
-        **options,
-    )
+    """Train (or reuse) the adapter of `kind` and make it the current one: the run and the step's peak device
+    memory."""
+    with peak_device_memory(trainer.device) as memory:
+        run = train_lora(
+            trainer.base_model(),
+            records,
+            trainer.folder(kind),
+            config.settings(),
+            device=trainer.device,
+            precision=trainer.precision,
+            log=context.log.info,
+            **options,
+        )
     trainer.point_current(kind, run.version)
-    return run
+    return run, memory
 
 
 @dg.asset(
@@ -138,7 +142,7 @@ def lora_adapter(
     if not files.train_jsonl.exists():
         raise dg.Failure(f"no instruction dataset in {files.folder}: materialise training_dataset first")
     rows = read_jsonl(files.train_jsonl)
-    run = _train(
+    run, memory = _train(
         context,
         config,
         lora_trainer,
@@ -146,7 +150,9 @@ def lora_adapter(
         alpaca_records(rows),
         provenance={"dataset_version": files.version()},
     )
-    return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata=_training_metadata(run))
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(run.version), metadata={**_training_metadata(run), **memory}
+    )
 
 
 class AdapterEvaluationConfig(dg.Config):
@@ -189,11 +195,12 @@ def adapter_evaluation(
                 )
             ],
         )
-    model, tokenizer = load_for_generation(
-        lora_trainer.base_model(), adapter_dir, lora_trainer.device, lora_trainer.inference_dtype()
-    )
-    context.log.info(f"evaluating {adapter_dir.name} on {len(records)} held-out examples")
-    comparison = compare_with_base(model, tokenizer, records, config.questions, config.max_new_tokens)
+    with peak_device_memory(lora_trainer.device) as memory:
+        model, tokenizer = load_for_generation(
+            lora_trainer.base_model(), adapter_dir, lora_trainer.device, lora_trainer.inference_dtype()
+        )
+        context.log.info(f"evaluating {adapter_dir.name} on {len(records)} held-out examples")
+        comparison = compare_with_base(model, tokenizer, records, config.questions, config.max_new_tokens)
     base, adapter = comparison.base, comparison.adapter
     return dg.MaterializeResult(
         metadata={
@@ -205,6 +212,7 @@ def adapter_evaluation(
             "base_perplexity": round(base.perplexity, 2),
             "adapter_perplexity": round(adapter.perplexity, 2),
             "answers": dg.MetadataValue.md(_answers_table(comparison.answers)),
+            **memory,
         },
         check_results=[
             dg.AssetCheckResult(
@@ -221,8 +229,8 @@ def adapter_evaluation(
     group_name=GROUP,
     deps=[noticias],
     kinds={"parquet"},
-    description="Noticias with a trusted category (reviewed, or a feed tag that maps to one category), split "
-    "by url hash into train and a held-out set that keeps its items as the table grows.",
+    description="Noticias with a trusted category (reviewed, or feed tags / url section that map to one category), "
+    "split by url hash into train and a held-out set that keeps its items as the table grows.",
 )
 def categorizer_training_set(
     noticias_db: NoticiasDatabase, lora_trainer: LoraTrainerResource, categorizer: CategorizerResource
@@ -241,6 +249,7 @@ def categorizer_training_set(
             "eval_reviewed": stats.eval_reviewed,
             "skipped": dg.MetadataValue.json(stats.skipped),
             "feed_tags_agree_with_reviews": f"{stats.feed_agreed}/{stats.feed_checked}",
+            "url_sections_agree_with_reviews": f"{stats.url_agreed}/{stats.url_checked}",
             "per_category": dg.MetadataValue.md(counts.to_markdown()),
         }
     )
@@ -267,7 +276,7 @@ def categorizer_adapter(
     prompt = PromptSettings(categories=tuple(categorizer.categories), max_item_tokens=categorizer.max_item_tokens)
     tokenizer = AutoTokenizer.from_pretrained(lora_trainer.base_model())
     records = training_records(tokenizer, [item.text for item in train], [item.categoria for item in train], prompt)
-    run = _train(
+    run, memory = _train(
         context,
         config,
         lora_trainer,
@@ -276,7 +285,9 @@ def categorizer_adapter(
         extra_files={PROMPT_SETTINGS: prompt.to_json()},
         provenance={"dataset_version": content_version(folder / TRAIN_JSONL, folder / EVAL_JSONL)},
     )
-    return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata=_training_metadata(run))
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(run.version), metadata={**_training_metadata(run), **memory}
+    )
 
 
 def _predictions(categorizer: CategorizerResource, texts: list[str]) -> list[str | None]:
@@ -298,10 +309,11 @@ def categorizer_evaluation(
     texts, truth = [item.text for item in items], [item.categoria for item in items]
     settings = categorizer.model_dump()
     reports = {}
-    for name, adapter in (("base", None), ("adapter", str(adapter_dir))):
-        context.log.info(f"categorising {len(texts)} held-out noticias with the {name} model")
-        predictions = _predictions(CategorizerResource(**{**settings, "adapter_dir": adapter}), texts)
-        reports[name] = accuracy_report(truth, predictions)
+    with peak_device_memory(categorizer.device) as memory:
+        for name, adapter in (("base", None), ("adapter", str(adapter_dir))):
+            context.log.info(f"categorising {len(texts)} held-out noticias with the {name} model")
+            predictions = _predictions(CategorizerResource(**{**settings, "adapter_dir": adapter}), texts)
+            reports[name] = accuracy_report(truth, predictions)
     base, adapted = reports["base"], reports["adapter"]
     per_category = base.per_category()[["items", "accuracy"]].join(
         adapted.per_category()[["accuracy"]], lsuffix="_base", rsuffix="_adapter"
@@ -315,6 +327,7 @@ def categorizer_evaluation(
             "per_category": dg.MetadataValue.md(per_category.to_markdown()),
             "confusion_base": dg.MetadataValue.md(base.confusion.to_markdown()),
             "confusion_adapter": dg.MetadataValue.md(adapted.confusion.to_markdown()),
+            **memory,
         },
         check_results=[
             dg.AssetCheckResult(

@@ -1,7 +1,8 @@
 """Trusted category labels from `noticias`, split into a training set for the categoriser.
 
 A label is trusted when an editor reviewed the item (`categoria_revisada`, always wins) or when the
-feed's own category tags map to exactly one category (`FEED_TAG_CATEGORIES`). The train/eval side of
+newsroom's own signals map to exactly one category: the feed's category tags (`FEED_TAG_CATEGORIES`)
+and the section in the item's url path (`/deportes/...`, `URL_SECTION_CATEGORIES`). The train/eval side of
 an item is fixed by a hash of its url, so it never changes as the table grows or items get reviewed;
 the eval split keeps to reviewed items once there are enough of them (`min_reviewed_eval`).
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,10 +36,11 @@ STATS_JSON = "stats.json"
 
 REVIEWED = "reviewed"
 FEED = "feed"
+URL_SECTION = "url"
 
 # Skip reasons, as they appear in the stats.
-AMBIGUOUS = "ambiguous"  # the feed's tags map to more than one category
-NO_MAPPED_TAG = "no_mapped_tag"
+AMBIGUOUS = "ambiguous"  # the feed's tags (and url section) map to more than one category
+NO_MAPPED_TAG = "no_mapped_tag"  # neither a feed tag nor the url section maps to a category
 REVIEW_NOT_IN_CATEGORIES = "review_not_in_categories"  # reviewed under another category set
 NO_TEXT = "no_text"
 
@@ -105,6 +109,59 @@ _FEED_TAGS = {
 }
 FEED_TAG_CATEGORIES: dict[str, str] = {fold(tag): category for tag, category in _FEED_TAGS.items()}
 
+# Url path sections as Spanish newsrooms spell them (folded, hyphens as spaces), on top of the feed tags'
+# vocabulary: `/deportes/`, `/espana/`, `/mundo/`, `/ciencia-y-salud/salud/`... Left out for the same
+# reasons as above: `opinion`, `local`, region and city names, `tribunales`, `motor`, `viajes`, `gastronomia`.
+_URL_SECTIONS = {
+    "futbol": "Deportes",
+    "deporte": "Deportes",
+    "baloncesto": "Deportes",
+    "motogp": "Deportes",
+    "formula 1": "Deportes",
+    "economia": "Economía",
+    "dinero": "Economía",
+    "mercados": "Economía",
+    "empresas": "Economía",
+    "politica": "Política",
+    "internacional": "Internacional",
+    "mundo": "Internacional",
+    "america": "Internacional",
+    "latinoamerica": "Internacional",
+    "estados unidos": "Internacional",
+    "europa": "Internacional",
+    "espana": "Nacional",
+    "nacional": "Nacional",
+    "nacion": "Nacional",
+    "sociedad": "Sociedad",
+    "cultura": "Cultura",
+    "libros": "Cultura",
+    "arte": "Cultura",
+    "ciencia": "Ciencia",
+    "tecnologia": "Tecnología",
+    "tecnologia e innovacion": "Tecnología",
+    "salud": "Salud",
+    "sanidad": "Salud",
+    "educacion": "Educación",
+    "medio ambiente": "Medio Ambiente",
+    "medioambiente": "Medio Ambiente",
+    "clima": "Medio Ambiente",
+    "clima y medio ambiente": "Medio Ambiente",
+    "sucesos": "Seguridad",
+    "gente": "Entretenimiento",
+    "famosos": "Entretenimiento",
+    "espectaculos": "Entretenimiento",
+    "television": "Entretenimiento",
+    "tv": "Entretenimiento",
+    "series": "Entretenimiento",
+    "cine": "Entretenimiento",
+    "musica": "Entretenimiento",
+    "loterias": "Otros",
+    "curiosidades": "Otros",
+}
+URL_SECTION_CATEGORIES: dict[str, str] = {**FEED_TAG_CATEGORIES, **_URL_SECTIONS}
+
+_NOT_A_SECTION = re.compile(r"^[\d ]*$|\.|^(?:[a-z]{2}|amp|noticias?|ultima hora|actualidad|portada|articulo)$")
+
 
 @dataclass(frozen=True)
 class LabelledItem:
@@ -112,7 +169,7 @@ class LabelledItem:
     url: str
     text: str
     categoria: str
-    source: str  # "reviewed" or "feed"
+    source: str  # "reviewed", "feed" (tags) or "url" (url section)
 
 
 @dataclass(frozen=True)
@@ -125,9 +182,12 @@ class LabelledSetStats:
     skipped: dict[str, int]  # reason -> rows without a trusted label
     # Eval-side items with a feed label left out of eval because it has enough reviewed ones (never trained on).
     held_out_feed: int
-    # Reviewed items whose feed tags also give a label, and how many of those agree with the review.
+    # Reviewed items whose newsroom signals (feed tags and url section pooled) also give a label, and how
+    # many of those agree with the review; the same for the url section alone.
     feed_checked: int
     feed_agreed: int
+    url_checked: int = 0
+    url_agreed: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -140,33 +200,64 @@ class LabelledSet:
     stats: LabelledSetStats
 
 
-def _feed_label(feed_categorias: str | None, tag_map: Mapping[str, str], categories: Sequence[str]) -> str | None:
-    """The one category the feed's tags map to; AMBIGUOUS or NO_MAPPED_TAG as the reason there is none."""
-    tags = (fold(tag).strip() for tag in (feed_categorias or "").split("|"))
-    mapped = {tag_map[tag] for tag in tags if tag in tag_map and tag_map[tag] in categories}
+def url_sections(url: str | None) -> list[str]:
+    """The section names in a url's path, outermost first, folded with hyphens as spaces:
+    "https://x.es/deportes/futbol/2026/10/01/slug.html" -> ["deportes", "futbol"]. The last segment is
+    the article's own slug unless the path ends with a slash; dates, ids, language codes ("es") and
+    generic segments ("noticias") are not sections."""
+    path = urlsplit(url or "").path
+    segments = path.strip("/").split("/")
+    if not path.endswith("/"):
+        segments = segments[:-1]
+    folded = (fold(segment).replace("-", " ").replace("_", " ").strip() for segment in segments)
+    return [segment for segment in folded if segment and not _NOT_A_SECTION.search(segment)]
+
+
+def url_section_label(url: str | None, section_map: Mapping[str, str] = URL_SECTION_CATEGORIES) -> str | None:
+    """The category of the outermost url section the map knows (a newsroom files `/deportes/tenis/`
+    under its sports desk), or None."""
+    return next((section_map[section] for section in url_sections(url) if section in section_map), None)
+
+
+def _signal_label(
+    row: Mapping, tag_map: Mapping[str, str], section_map: Mapping[str, str], categories: Sequence[str]
+) -> tuple[str, str] | str:
+    """(category, source) from the newsroom's own signals, or AMBIGUOUS / NO_MAPPED_TAG. The feed's tags
+    and the url section are pooled: signals naming two categories make the row ambiguous."""
+    tags = (fold(tag).strip() for tag in (row.get("feed_categorias") or "").split("|"))
+    from_tags = {tag_map[tag] for tag in tags if tag in tag_map and tag_map[tag] in categories}
+    section = url_section_label(row.get("url"), section_map)
+    mapped = from_tags | ({section} if section in categories else set())
     if len(mapped) > 1:
         return AMBIGUOUS
-    return mapped.pop() if mapped else NO_MAPPED_TAG
+    if not mapped:
+        return NO_MAPPED_TAG
+    return mapped.pop(), FEED if from_tags else URL_SECTION
 
 
-def _label(row: Mapping, tag_map: Mapping[str, str], categories: Sequence[str]) -> tuple[str, str] | str:
+def _label(
+    row: Mapping, tag_map: Mapping[str, str], section_map: Mapping[str, str], categories: Sequence[str]
+) -> tuple[str, str] | str:
     """(categoria, source), or the reason the row has no trusted label."""
     reviewed = row.get("categoria_revisada")
     if reviewed:
         canonical = {fold(category): category for category in categories}
         return (canonical[fold(reviewed)], REVIEWED) if fold(reviewed) in canonical else REVIEW_NOT_IN_CATEGORIES
-    label = _feed_label(row.get("feed_categorias"), tag_map, categories)
-    return (label, FEED) if label in categories else label
+    return _signal_label(row, tag_map, section_map, categories)
 
 
 def trusted_label(
-    row: Mapping, tag_map: Mapping[str, str] = FEED_TAG_CATEGORIES, categories: Sequence[str] = DEFAULT_CATEGORIES
+    row: Mapping,
+    tag_map: Mapping[str, str] = FEED_TAG_CATEGORIES,
+    categories: Sequence[str] = DEFAULT_CATEGORIES,
+    section_map: Mapping[str, str] = URL_SECTION_CATEGORIES,
 ) -> tuple[str, str] | None:
-    """(categoria, source) of a `noticias` row (a dict with `categoria_revisada` and `feed_categorias`):
-    the editor's review if there is one ("reviewed"), else the category its feed tags map to ("feed").
-    `tag_map` maps folded tags (`text.fold`) to categories; unmapped tags are ignored, and tags mapping to
-    two different categories make the row ambiguous: None, as for a row with no mapped tag."""
-    label = _label(row, tag_map, categories)
+    """(categoria, source) of a `noticias` row (a dict with `categoria_revisada`, `feed_categorias` and
+    `url`): the editor's review if there is one ("reviewed"), else the category its feed tags map to
+    ("feed"), else the category of its url section ("url"). `tag_map` maps folded tags (`text.fold`) and
+    `section_map` folded url sections to categories; unmapped ones are ignored, and signals mapping to two
+    different categories make the row ambiguous: None, as for a row with no mapped signal."""
+    label = _label(row, tag_map, section_map, categories)
     return label if isinstance(label, tuple) else None
 
 
@@ -182,6 +273,7 @@ def build_labelled_set(
     tag_map: Mapping[str, str] = FEED_TAG_CATEGORIES,
     min_reviewed_eval: int = 30,
     seed: int = 13,
+    section_map: Mapping[str, str] = URL_SECTION_CATEGORIES,
 ) -> LabelledSet:
     """Items with a trusted label (rows as `db.fetch_labelled` returns them), split by a hash of the url.
 
@@ -194,9 +286,9 @@ def build_labelled_set(
     train: list[LabelledItem] = []
     held_out: list[LabelledItem] = []
     skipped: Counter[str] = Counter()
-    feed_checked = feed_agreed = 0
+    agreement = {FEED: [0, 0], URL_SECTION: [0, 0]}  # signal -> [reviewed items it labels, agreeing]
     for row in rows:
-        label = _label(row, tag_map, categories)
+        label = _label(row, tag_map, section_map, categories)
         if isinstance(label, str):
             skipped[label] += 1
             continue
@@ -206,10 +298,7 @@ def build_labelled_set(
             continue
         categoria, source = label
         if source == REVIEWED:
-            feed = _feed_label(row.get("feed_categorias"), tag_map, categories)
-            if feed in categories:
-                feed_checked += 1
-                feed_agreed += feed == categoria
+            _count_agreement(agreement, row, categoria, tag_map, section_map, categories)
         item = LabelledItem(id=row["id"], url=row["url"], text=text, categoria=categoria, source=source)
         (held_out if is_eval_side(item.url, eval_share, seed) else train).append(item)
     reviewed_held_out = [item for item in held_out if item.source == REVIEWED]
@@ -226,10 +315,25 @@ def build_labelled_set(
         sources={name: dict(Counter(item.source for item in items)) for name, items in splits.items()},
         skipped=dict(skipped),
         held_out_feed=len(held_out) - len(evaluation),
-        feed_checked=feed_checked,
-        feed_agreed=feed_agreed,
+        feed_checked=agreement[FEED][0],
+        feed_agreed=agreement[FEED][1],
+        url_checked=agreement[URL_SECTION][0],
+        url_agreed=agreement[URL_SECTION][1],
     )
     return LabelledSet(train=train, eval=evaluation, stats=stats)
+
+
+def _count_agreement(agreement, row, reviewed, tag_map, section_map, categories) -> None:
+    """Count, for a reviewed row, whether its newsroom signals alone (tags and url pooled) and its url
+    section alone would have given the editor's category."""
+    signal = _signal_label(row, tag_map, section_map, categories)
+    if isinstance(signal, tuple):
+        agreement[FEED][0] += 1
+        agreement[FEED][1] += signal[0] == reviewed
+    section = url_section_label(row.get("url"), section_map)
+    if section in categories:
+        agreement[URL_SECTION][0] += 1
+        agreement[URL_SECTION][1] += section == reviewed
 
 
 _SCHEMA = pa.schema(

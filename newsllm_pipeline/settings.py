@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import dagster as dg
+if TYPE_CHECKING:  # Dagster is imported where a resource is built: plain modules (models, training) run without it
+    import dagster as dg
 
 ENV_PREFIX = "NEWSLLM_"
 
@@ -21,6 +23,10 @@ def _default_home() -> Path:
 
 PROJECT_HOME = Path(os.environ.get("NEWSLLM_HOME", _default_home())).resolve()
 DEFAULT_MODEL_DIR = PROJECT_HOME / "models" / "base" / "SmolLM2-135M-Instruct"
+# The categoriser's own default: the packaged Gemma 3 270M, measured the better categoriser (README, Benchmarks);
+# SmolLM2 stays the default for chat-style generation and document adapters (Gemma 3 270M has no chat template).
+DEFAULT_CATEGORIZER_MODEL_DIR = PROJECT_HOME / "models" / "base" / "gemma-3-270m"
+DEFAULT_CATEGORIZER_ADAPTERS_DIR = PROJECT_HOME / "models" / "categorizer_adapters"
 DEFAULT_FEEDS_GLOB = str(PROJECT_HOME / "data" / "feeds" / "*.xml")
 
 
@@ -36,6 +42,8 @@ def env(name: str, default: str | None = None) -> str | None:
 def site_setting(name: str, default: str) -> str | dg.EnvVar:
     """A resource field value: the environment variable when the site sets it (shown as such in the
     Dagster UI and read at run time), else the offline default."""
+    import dagster as dg
+
     return dg.EnvVar(ENV_PREFIX + name) if ENV_PREFIX + name in os.environ else default
 
 
@@ -45,6 +53,12 @@ def database_url() -> str:
 
 def model_dir() -> str:
     return env("MODEL_DIR") or str(DEFAULT_MODEL_DIR)
+
+
+def categorizer_model_dir() -> str:
+    """NEWSLLM_CATEGORIZER_MODEL_DIR, else NEWSLLM_MODEL_DIR (a site's own model serves both), else the
+    packaged Gemma 3 270M."""
+    return env("CATEGORIZER_MODEL_DIR") or env("MODEL_DIR") or str(DEFAULT_CATEGORIZER_MODEL_DIR)
 
 
 def feed_sources() -> list[str]:

@@ -7,6 +7,7 @@ from pydantic import Field
 
 from .. import db
 from ..categorization import run_batch
+from ..device_memory import peak_device_memory
 from ..resources import CategorizerResource, NoticiasDatabase
 
 NOTICIAS_ASSET = dg.AssetKey("noticias")
@@ -34,15 +35,16 @@ def categorize_batch(
     noticias_db: NoticiasDatabase,
     categorizer: CategorizerResource,
 ) -> dg.Output[int]:
-    outcome = run_batch(
-        noticias_db.engine,
-        claimant=context.run_id,
-        size=config.batch_size,
-        categorize=categorizer.categorize,
-        max_attempts=noticias_db.max_attempts,
-        lease=noticias_db.lease,
-        logger=context.log,
-    )
+    with peak_device_memory(categorizer.device) as memory:
+        outcome = run_batch(
+            noticias_db.engine,
+            claimant=context.run_id,
+            size=config.batch_size,
+            categorize=categorizer.categorize,
+            max_attempts=noticias_db.max_attempts,
+            lease=noticias_db.lease,
+            logger=context.log,
+        )
     if not outcome.claimed:
         context.log.info("no uncategorised noticias left to claim")
     else:
@@ -57,6 +59,7 @@ def categorize_batch(
         "seconds": round(outcome.seconds, 2),
         "items_per_second": round(outcome.items_per_second, 2),
         "results": dg.MetadataValue.md(_results_table(outcome)),
+        **memory,
     }
     if outcome.claimed:
         # Shows every batch on the noticias asset's page.

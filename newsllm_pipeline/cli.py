@@ -39,13 +39,37 @@ def models():
 
 
 @models.command("prepare")
-@click.option("--out", type=click.Path(path_type=Path), default=settings.DEFAULT_MODEL_DIR, show_default=True)
+@click.option(
+    "--model",
+    "names",
+    multiple=True,
+    type=click.Choice(["smollm2", "gemma3", "all"]),
+    help="Which packaged model (repeatable; default: the default model, `all`: every one)",
+)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder (one model; default: models/base/)")
 @click.option("--force", is_flag=True, help="Convert again even if the folder exists")
-def models_prepare(out: Path, force: bool):
-    """Turn the packaged SmolLM2-135M-Instruct GGUF into a transformers folder (once)."""
-    from .models import prepare_base_model
+def models_prepare(names: tuple[str, ...], out: Path | None, force: bool):
+    """Turn packaged GGUF models (SmolLM2-135M-Instruct, Gemma 3 270M) into transformers folders (once)."""
+    from .models import PACKAGED_MODELS, packaged_model_for, prepare_base_model
 
-    click.echo(f"base model ready: {prepare_base_model(out, force=force)}")
+    default = packaged_model_for(Path(settings.model_dir()))
+    chosen = list(PACKAGED_MODELS) if "all" in names else list(names) or [default.name if default else "smollm2"]
+    if out is not None and len(chosen) != 1:
+        raise click.UsageError("--out needs exactly one --model")
+    for name in chosen:
+        click.echo(f"{name} ready: {prepare_base_model(out, force=force, model=name)}")
+
+
+@models.command("list")
+def models_list():
+    """The packaged base models: folder, whether it is prepared, licence, and which one is the default."""
+    from .models import PACKAGED_MODELS, is_model_folder
+
+    default = Path(settings.model_dir()).resolve()
+    for name, packaged in PACKAGED_MODELS.items():
+        state = "prepared" if is_model_folder(packaged.model_dir) else "not prepared"
+        mark = " (default)" if packaged.model_dir.resolve() == default else ""
+        click.echo(f"{name}{mark}: {packaged.model_dir} [{state}] licence: {packaged.licence}")
 
 
 @main.group("db")
@@ -67,7 +91,8 @@ def db_upgrade(database_url):
 @click.argument("feeds", nargs=-1, required=True)
 @_database_option
 def ingest(feeds, database_url):
-    """Read RSS/Atom FEEDS (URLs or files) into noticias, skipping known urls."""
+    """Read RSS/Atom FEEDS (URLs or files) into noticias, skipping known urls. Exits 1 when a feed could not
+    be read or an item was rejected (both reported); everything else is stored."""
     from . import db
     from .feeds import ingest_feeds
 
@@ -77,11 +102,14 @@ def ingest(feeds, database_url):
     for report in reports:
         for warning in report.warnings:
             click.echo(f"warning: {warning}", err=True)
+        for rejected in report.rejected:
+            click.echo(f"rejected: {rejected}", err=True)
         if report.error:
             click.echo(f"error: {report.error}", err=True)
         else:
-            click.echo(f"{report.source}: {report.items} items, {report.new} new")
-    sys.exit(1 if any(report.error for report in reports) else 0)
+            rejected = f", {len(report.rejected)} rejected" if report.rejected else ""
+            click.echo(f"{report.source}: {report.items} items, {report.new} new{rejected}")
+    sys.exit(1 if any(report.error or report.rejected for report in reports) else 0)
 
 
 @main.command()
@@ -269,22 +297,24 @@ def review(key, categoria, csv_path, database_url):
 
 @main.command("process-document")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--describer", default="ocr", type=click.Choice(["ocr", "openai", "transformers"]), show_default=True)
 @click.option("--vision-url", default=None, help="openai describer: base URL of an OpenAI-compatible endpoint")
 @click.option("--vision-model", default=None, help="openai: model name; transformers: model folder")
 def process_document(source, out_dir, describer, vision_url, vision_model):
     """The whole chain for one file without Dagster, in the original layout: texto.md,
-    imagenes_extraidas/, image_descriptions/, texto_final.md."""
-    from .documents.chain import extracted_images, write_described_markdown
+    imagenes_extraidas/, image_descriptions/, texto_final.md. --out must be new, empty or a previous
+    output of this command (it is replaced whole)."""
+    from .documents.chain import UnsafeOutputFolder, check_output_folder, extracted_images, write_described_markdown
     from .documents.conversion import DocumentConversionError, convert_document, offline_converter
     from .documents.descriptions import describe_images, write_descriptions
     from .files import staged_folder
     from .resources.documents import ImageDescriberResource
 
     try:
+        check_output_folder(out_dir, source)
         converted = convert_document(source, out_dir, offline_converter())
-    except DocumentConversionError as error:
+    except (UnsafeOutputFolder, DocumentConversionError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"texto.md: {converted.pages} pages, {converted.pictures} pictures, {converted.seconds:.1f}s")
     resource = ImageDescriberResource(

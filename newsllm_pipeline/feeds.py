@@ -6,6 +6,7 @@ import calendar
 import datetime as dt
 import html
 import re
+import time
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -14,15 +15,35 @@ from pathlib import Path
 import feedparser
 from sqlalchemy.engine import Engine
 
-from . import db
+from . import db, settings
 
-FETCH_TIMEOUT_S = 30
 _TAG = re.compile(r"<[^>]+>")
-_SPACE = re.compile(r"\s+")
+_SPACE = re.compile(r"[\s\x00]+")  # NUL (`&#0;` or raw) too: it separates words, and PostgreSQL refuses it
+MB = 1024 * 1024
+_CHUNK_BYTES = 64 * 1024
 
 
 class FeedError(Exception):
-    """A feed that yields no items: unreachable, or not RSS/Atom at all."""
+    """A feed that yields no items: unreachable, over a limit, or not RSS/Atom at all."""
+
+
+@dataclass(frozen=True)
+class FeedLimits:
+    """How much of a feed is read: a feed over `max_bytes`, or still arriving after `total_seconds`, is refused
+    (nothing of it is stored) and the next feed is read. `read_timeout_s` bounds each wait for the server."""
+
+    max_bytes: int = 20 * 1024 * 1024
+    total_seconds: float = 60.0
+    read_timeout_s: float = 30.0
+
+    @classmethod
+    def from_settings(cls) -> FeedLimits:
+        """NEWSLLM_FEED_MAX_MB and NEWSLLM_FEED_TIMEOUT_S, else the defaults."""
+        defaults = cls()
+        return cls(
+            max_bytes=int(float(settings.env("FEED_MAX_MB", defaults.max_bytes / MB)) * MB),
+            total_seconds=float(settings.env("FEED_TIMEOUT_S", defaults.total_seconds)),
+        )
 
 
 @dataclass
@@ -32,6 +53,7 @@ class FeedReport:
     new: int = 0
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)  # items the database cannot hold, with the reason
 
 
 def plain_text(fragment: str | None) -> str:
@@ -41,17 +63,46 @@ def plain_text(fragment: str | None) -> str:
     return _SPACE.sub(" ", html.unescape(_TAG.sub(" ", fragment))).strip()
 
 
-def _read(source: str) -> bytes:
+def _too_large(source: str, limits: FeedLimits) -> FeedError:
+    return FeedError(
+        f"{source}: the feed is larger than {limits.max_bytes / MB:.3g} MB (NEWSLLM_FEED_MAX_MB); not read"
+    )
+
+
+def _download(source: str, limits: FeedLimits) -> bytes:
+    """The body, read in chunks against the byte cap and the overall deadline (a server that sends forever, or a
+    byte at a time, is cut off; the deadline is checked between reads, each bounded by the read timeout)."""
+    deadline = time.monotonic() + limits.total_seconds
+    request = urllib.request.Request(source, headers={"User-Agent": "newsllm-pipeline/0.1"})
+    body = bytearray()
+    try:
+        timeout = min(limits.read_timeout_s, limits.total_seconds)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > limits.max_bytes:
+                raise _too_large(source, limits)
+            while chunk := response.read1(_CHUNK_BYTES):
+                body += chunk
+                if len(body) > limits.max_bytes:
+                    raise _too_large(source, limits)
+                if time.monotonic() > deadline:
+                    raise FeedError(
+                        f"{source}: the feed was still arriving after {limits.total_seconds:g} s "
+                        f"({len(body):,} bytes read; NEWSLLM_FEED_TIMEOUT_S); not read"
+                    )
+    except OSError as error:
+        raise FeedError(f"{source}: could not fetch the feed ({error})") from error
+    return bytes(body)
+
+
+def _read(source: str, limits: FeedLimits) -> bytes:
     if re.match(r"^https?://", source):
-        request = urllib.request.Request(source, headers={"User-Agent": "newsllm-pipeline/0.1"})
-        try:
-            with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
-                return response.read()
-        except OSError as error:
-            raise FeedError(f"{source}: could not fetch the feed ({error})") from error
+        return _download(source, limits)
     path = Path(source.removeprefix("file://"))
     if not path.is_file():
         raise FeedError(f"{source}: no such feed file")
+    if path.stat().st_size > limits.max_bytes:
+        raise _too_large(source, limits)
     return path.read_bytes()
 
 
@@ -60,12 +111,16 @@ def _entry_date(entry) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(calendar.timegm(parsed), dt.UTC).replace(tzinfo=None) if parsed else None
 
 
-def parse_feed(source: str) -> tuple[list[dict], list[str]]:
+def parse_feed(source: str, limits: FeedLimits | None = None) -> tuple[list[dict], list[str]]:
     """The feed's items as `noticias` rows, and warnings about what was skipped.
 
     Raises FeedError when nothing can be read. A feed that breaks part-way keeps the items before
     the break, with a warning."""
-    parsed = feedparser.parse(_read(source))
+    content = _read(source, limits or FeedLimits.from_settings())
+    try:
+        parsed = feedparser.parse(content)
+    except Exception as error:  # feedparser's loose parser raises on some character references (&#xD800;)
+        raise FeedError(f"{source}: the feed could not be parsed ({type(error).__name__}: {error})") from error
     warnings = []
     if parsed.bozo and not parsed.entries:
         raise FeedError(f"{source}: not a readable RSS/Atom feed ({parsed.get('bozo_exception')})")
@@ -100,16 +155,20 @@ def parse_feed(source: str) -> tuple[list[dict], list[str]]:
     return rows, warnings
 
 
-def ingest_feeds(engine: Engine, sources: Iterable[str]) -> list[FeedReport]:
+def ingest_feeds(engine: Engine, sources: Iterable[str], limits: FeedLimits | None = None) -> list[FeedReport]:
     """Read each feed and insert its new items. A feed that fails is reported and the others go on;
-    each feed's items are inserted in one transaction."""
+    each feed's items are inserted in one transaction, less the items the database cannot hold, which are
+    reported in `rejected` with the feed and the reason."""
+    limits = limits or FeedLimits.from_settings()
     reports = []
     for source in sources:
         report = FeedReport(source)
         try:
-            rows, report.warnings = parse_feed(source)
+            rows, report.warnings = parse_feed(source, limits)
             report.items = len(rows)
-            report.new = db.insert_new(engine, rows)
+            inserted = db.insert_new(engine, rows)
+            report.new = inserted.new
+            report.rejected = [f"{source}: item {item.row['url'][:80]!r}: {item.reason}" for item in inserted.rejected]
         except FeedError as error:
             report.error = str(error)
         reports.append(report)

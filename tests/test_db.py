@@ -128,8 +128,8 @@ def test_reset_selects_by_category_confidence_and_date(engine):
 
 
 def test_insert_new_deduplicates_by_url(engine):
-    assert db.insert_new(engine, sample_rows(5) + sample_rows(2)) == 5
-    assert db.insert_new(engine, sample_rows(7)) == 2
+    assert db.insert_new(engine, sample_rows(5) + sample_rows(2)).new == 5
+    assert db.insert_new(engine, sample_rows(7)).new == 2
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)

@@ -22,7 +22,12 @@ class FeedsConfig(dg.Config):
     group_name="noticias",
     description="News items read from RSS/Atom feeds into the `noticias` table, deduplicated by url.",
     kinds={"sql", "python"},
-    check_specs=[dg.AssetCheckSpec("all_feeds_readable", asset="noticias", description="Every feed could be read")],
+    check_specs=[
+        dg.AssetCheckSpec("all_feeds_readable", asset="noticias", description="Every feed could be read"),
+        dg.AssetCheckSpec(
+            "no_rejected_items", asset="noticias", description="Every item read fits the table (none rejected)"
+        ),
+    ],
 )
 def noticias(context: dg.AssetExecutionContext, config: FeedsConfig, noticias_db: NoticiasDatabase):
     for change in noticias_db.upgrade():
@@ -30,7 +35,7 @@ def noticias(context: dg.AssetExecutionContext, config: FeedsConfig, noticias_db
     sources = config.feeds or feed_sources()
     reports = ingest_feeds(noticias_db.engine, sources)
     for report in reports:
-        for warning in report.warnings:
+        for warning in report.warnings + report.rejected:
             context.log.warning(warning)
         if report.error:
             context.log.error(report.error)
@@ -38,8 +43,14 @@ def noticias(context: dg.AssetExecutionContext, config: FeedsConfig, noticias_db
             context.log.info(f"{report.source}: {report.items} items, {report.new} new")
     if reports and all(report.error for report in reports):
         raise dg.Failure("no feed could be read", metadata={"errors": "\n".join(r.error for r in reports)})
-    table = pd.DataFrame([{"feed": r.source, "items": r.items, "new": r.new, "error": r.error or ""} for r in reports])
+    table = pd.DataFrame(
+        [
+            {"feed": r.source, "items": r.items, "new": r.new, "rejected": len(r.rejected), "error": r.error or ""}
+            for r in reports
+        ]
+    )
     failed_feeds = {r.source: r.error for r in reports if r.error}
+    rejected = [item for r in reports for item in r.rejected]
     return dg.MaterializeResult(
         check_results=[
             dg.AssetCheckResult(
@@ -47,12 +58,19 @@ def noticias(context: dg.AssetExecutionContext, config: FeedsConfig, noticias_db
                 passed=not failed_feeds,
                 severity=dg.AssetCheckSeverity.WARN,
                 metadata={"errors": dg.MetadataValue.json(failed_feeds)},
-            )
+            ),
+            dg.AssetCheckResult(
+                check_name="no_rejected_items",
+                passed=not rejected,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"rejected": dg.MetadataValue.json(rejected[:100])},
+            ),
         ],
         metadata={
             "feeds": len(reports),
             "new_items": int(table["new"].sum()) if len(table) else 0,
             "feed_errors": len(failed_feeds),
+            "rejected_items": len(rejected),
             "per_feed": dg.MetadataValue.md(table.to_markdown(index=False)),
             **{f"noticias_{key}": value for key, value in noticias_db.status().items()},
         },

@@ -1,0 +1,311 @@
+"""Hostile but fair input (issue 15): nothing the user owns is lost, one bad item never stops the others,
+and every limit answers with the input and the reason. Database cases run on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from newsllm_pipeline import db
+from newsllm_pipeline.cli import main
+from newsllm_pipeline.feeds import MB, FeedLimits, ingest_feeds
+from tests.conftest import sample_rows
+
+# `newsllm process-document --out`: never delete what the chain did not write ---------------------------------
+
+
+def _process(source, out, **kwargs):
+    return CliRunner().invoke(main, ["process-document", str(source), "--out", str(out)], **kwargs)
+
+
+def _note(tmp_path, name="nota.md"):
+    source = tmp_path / "inbox" / name
+    source.parent.mkdir(parents=True, exist_ok=True)
+    source.write_text("# Nota\n\nUn párrafo de prueba.\n", encoding="utf-8")
+    return source
+
+
+def test_process_document_refuses_the_sources_own_folder_and_deletes_nothing(tmp_path):
+    source = _note(tmp_path)
+    neighbour = source.parent / "otro.pdf"
+    neighbour.write_bytes(b"%PDF-1.4 not really")
+    result = _process(source, source.parent)
+    assert result.exit_code != 0
+    assert "own folder" in result.output and str(source.parent) in result.output
+    assert sorted(p.name for p in source.parent.iterdir()) == ["nota.md", "otro.pdf"]
+
+
+def test_process_document_refuses_a_folder_that_is_not_its_own_output(tmp_path):
+    source, out = _note(tmp_path), tmp_path / "informes"
+    out.mkdir()
+    (out / "importante.docx").write_bytes(b"irreplaceable")
+    result = _process(source, out)
+    assert result.exit_code != 0
+    assert "importante.docx" in result.output and "not a previous output" in result.output
+    assert (out / "importante.docx").read_bytes() == b"irreplaceable"
+
+
+def test_process_document_refuses_the_current_folder(tmp_path, monkeypatch):
+    source = _note(tmp_path)
+    monkeypatch.chdir(source.parent)
+    result = _process(source.name, ".")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "current folder" in result.output or "own folder" in result.output
+    assert source.exists()
+
+
+def test_process_document_refuses_a_file_as_out(tmp_path):
+    source, out = _note(tmp_path), tmp_path / "salida"
+    out.write_text("keep me", encoding="utf-8")
+    result = _process(source, out)
+    assert result.exit_code != 0 and out.read_text(encoding="utf-8") == "keep me"
+
+
+def test_process_document_replaces_its_own_previous_output(tmp_path):
+    source, out = _note(tmp_path), tmp_path / "salida"
+    first = _process(source, out)
+    assert first.exit_code == 0, first.output
+    assert {"texto.md", "documento.json", "texto_final.md"} <= {p.name for p in out.iterdir()}
+    source.write_text("# Nota\n\nOtro texto distinto.\n", encoding="utf-8")
+    again = _process(source, out)
+    assert again.exit_code == 0, again.output
+    assert "Otro texto distinto" in (out / "texto_final.md").read_text(encoding="utf-8")
+
+
+# Ingestion: each item is the unit, on both dialects --------------------------------------------------------
+
+
+def _feed(tmp_path, name, items):
+    entries = "".join(
+        f"<item><title>{title}</title><link>{link}</link><description>Resumen {n}</description></item>"
+        for n, (title, link) in enumerate(items)
+    )
+    path = tmp_path / name
+    path.write_text(
+        f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0"><channel><title>{name}</title>{entries}'
+        "</channel></rss>",
+        encoding="utf-8",
+    )
+    return str(path)
+
+
+def _stored(engine):
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.select(db.noticias.c.url, db.noticias.c.titulo)).all())
+
+
+def test_nul_characters_are_removed_and_an_unstorable_item_rejects_only_itself(engine, tmp_path):
+    long_link = "https://test.example/" + "x" * 2100
+    hostile = _feed(
+        tmp_path,
+        "hostil.xml",
+        [
+            ("Título con &#0; entidad nula", "https://test.example/a"),
+            ("Enlace larguísimo", long_link),
+            ("Título normal", "https://test.example/b"),
+        ],
+    )
+    raw_nul = _feed(tmp_path, "nul_crudo.xml", [("Nulo\x00crudo", "https://test.example/c")])
+    after = _feed(tmp_path, "despues.xml", [("Otra fuente", "https://test.example/d")])
+    reports = ingest_feeds(engine, [hostile, raw_nul, after])
+    stored = _stored(engine)
+    assert stored["https://test.example/a"] == "Título con entidad nula"
+    assert stored["https://test.example/c"] == "Nulo crudo"
+    assert {"https://test.example/b", "https://test.example/d"} <= stored.keys()
+    assert long_link not in stored and len(stored) == 4
+    assert [r.new for r in reports] == [2, 1, 1] and all(r.error is None for r in reports)
+    (rejected,) = reports[0].rejected
+    assert "hostil.xml" in rejected and "url" in rejected and "2,048" in rejected
+
+
+def test_cli_ingest_reports_rejected_items_and_exits_non_zero(database_url, tmp_path):
+    feed = _feed(
+        tmp_path,
+        "hostil.xml",
+        [("Bueno", "https://test.example/ok"), ("Largo", "https://test.example/" + "y" * 3000)],
+    )
+    result = CliRunner().invoke(main, ["ingest", feed, "--url", database_url])
+    assert result.exit_code == 1, result.output
+    assert "rejected: " in result.output and "hostil.xml" in result.output and "2,048" in result.output
+    assert "1 new" in result.output
+
+
+def test_the_noticias_asset_reports_rejected_items(database_url, tmp_path):
+    import dagster as dg
+
+    from newsllm_pipeline.assets.noticias import noticias
+    from newsllm_pipeline.resources import NoticiasDatabase
+
+    feed = _feed(
+        tmp_path, "hostil.xml", [("Bueno", "https://test.example/ok"), ("Largo", "https://t.example/" + "z" * 3000)]
+    )
+    result = dg.materialize(
+        [noticias],
+        resources={"noticias_db": NoticiasDatabase(url=database_url)},
+        run_config={"ops": {"noticias": {"config": {"feeds": [feed]}}}},
+    )
+    assert result.success
+    materialization = result.asset_materializations_for_node("noticias")[0]
+    assert materialization.metadata["rejected_items"].value == 1
+    checks = {check.check_name: check for check in result.get_asset_check_evaluations()}
+    assert checks["all_feeds_readable"].passed
+    check = checks["no_rejected_items"]
+    assert not check.passed and "hostil.xml" in json.dumps(check.metadata["rejected"].value)
+
+
+def test_insert_new_keeps_the_good_rows_when_one_cannot_be_stored(engine):
+    rows = sample_rows(3)
+    rows[1]["url"] = "https://test.example/" + "w" * 2048
+    rows[2]["titulo"] = "con \x00 nulo"
+    result = db.insert_new(engine, rows)
+    assert result.new == 2 and len(result.rejected) == 1
+    assert "2,048" in result.rejected[0].reason and result.rejected[0].row["url"] == rows[1]["url"]
+    assert "con  nulo" in _stored(engine).values()
+
+
+def test_rows_the_database_refuses_are_rejected_one_by_one(engine):
+    rows = [{**row, "fecha": None} for row in sample_rows(4)]
+    rows[1]["titulo"] = "suelto \ud800"
+    rows[2]["fecha"] = "mañana"  # passes the checks here; the database (or its driver) refuses it
+    result = db.insert_new(engine, rows)
+    assert result.new == 2 and sorted(_stored(engine)) == [rows[0]["url"], rows[3]["url"]]
+    reasons = {item.row["url"]: item.reason for item in result.rejected}
+    assert "not valid Unicode" in reasons[rows[1]["url"]] and "refused" in reasons[rows[2]["url"]]
+
+
+def test_a_feed_that_crashes_the_parser_is_reported_and_the_next_feed_is_stored(engine, tmp_path):
+    broken = _feed(tmp_path, "sustituto.xml", [("a &#xD800; b", "https://test.example/s")])
+    after = _feed(tmp_path, "despues.xml", [("Otra fuente", "https://test.example/d")])
+    reports = ingest_feeds(engine, [broken, after])
+    assert "sustituto.xml: the feed could not be parsed" in reports[0].error
+    assert reports[1].new == 1 and list(_stored(engine)) == ["https://test.example/d"]
+
+
+class _EndlessFeedHandler(http.server.BaseHTTPRequestHandler):
+    """/huge: an RSS document that never ends (no Content-Length); /drip: a byte every 0.2 s."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/rss+xml")
+        self.end_headers()
+        item = b"<item><title>Relleno</title><link>https://test.example/r</link></item>" * 100
+        try:
+            self.wfile.write(b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>')
+            for _ in range(100_000):
+                self.wfile.write(item if self.path == "/huge" else b" ")
+                if self.path == "/drip":
+                    self.wfile.flush()
+                    time.sleep(0.2)
+        except OSError:
+            pass  # the client hung up, as it should
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def endless_feed_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EndlessFeedHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_a_feed_over_the_byte_cap_or_the_deadline_is_refused_and_the_next_is_read(
+    engine, tmp_path, endless_feed_server
+):
+    after = _feed(tmp_path, "despues.xml", [("Otra fuente", "https://test.example/d")])
+    limits = FeedLimits(max_bytes=2 * MB, total_seconds=1.5)
+    started = time.monotonic()
+    huge, drip, good = ingest_feeds(
+        engine, [f"{endless_feed_server}/huge", f"{endless_feed_server}/drip", after], limits
+    )
+    assert time.monotonic() - started < 10
+    assert "/huge: the feed is larger than 2 MB" in huge.error
+    assert "/drip: the feed was still arriving after 1.5 s" in drip.error
+    assert good.new == 1 and list(_stored(engine)) == ["https://test.example/d"]
+
+
+def test_a_feed_file_over_the_byte_cap_is_refused(engine, tmp_path, monkeypatch):
+    path = tmp_path / "grande.xml"
+    path.write_bytes(b" " * (MB + 1))
+    monkeypatch.setenv("NEWSLLM_FEED_MAX_MB", "1")
+    (report,) = ingest_feeds(engine, [str(path)])
+    assert "grande.xml: the feed is larger than 1 MB (NEWSLLM_FEED_MAX_MB)" in report.error
+
+
+# `newsllm categorize`: bad lines reported with file, line and reason, before the model loads --------------
+
+
+def test_categorize_reports_every_bad_line_before_loading_the_model(tmp_path):
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(
+        b'{"titulo": "Bueno", "resumen": "ok"}\n'
+        b"{no es json\n"
+        b'{"titulo": "\xff\xfe mal codificado"}\n'
+        b'{"titulo": 42}\n'
+        b'{"titulo": ["a", "b"]}\n'
+        b'["una", "lista"]\n'
+    )
+    result = CliRunner().invoke(main, ["categorize", str(source), "--out", str(out), "--model", str(tmp_path / "no")])
+    assert "Traceback" not in result.output
+    for line, reason in [(2, "not valid JSON"), (3, "UTF-8"), (4, "titulo"), (5, "titulo"), (6, "JSON object")]:
+        assert f"in.jsonl:{line}: " in result.output and reason in result.output, (line, result.output)
+    assert "in.jsonl:1:" not in result.output
+    assert result.exit_code != 0 and not out.exists()
+
+
+def test_categorize_writes_the_valid_lines_and_exits_1_on_bad_ones(tmp_path, model_dir):
+    source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    source.write_bytes(b'{"titulo": "El Valencia gana en Mestalla"}\n{roto\n{"titulo": "Sube el IPC"}\n')
+    result = CliRunner().invoke(main, ["categorize", str(source), "--out", str(out), "--model", model_dir])
+    assert result.exit_code == 1, result.output
+    assert "in.jsonl:2: not valid JSON" in result.output
+    titles = [json.loads(line)["titulo"] for line in out.read_text(encoding="utf-8").splitlines()]
+    assert titles == ["El Valencia gana en Mestalla", "Sube el IPC"]
+
+
+# `newsllm review`: an id no row can have is a reported row, not a traceback ------------------------------
+
+
+def _review_csv(tmp_path, rows):
+    path = tmp_path / "revisiones.csv"
+    path.write_text("id,url,categoria\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows), encoding="utf-8")
+    return path
+
+
+def test_review_file_rejects_out_of_range_and_non_ascii_ids_and_writes_the_rest(database_url, tmp_path):
+    engine = db.create_db_engine(database_url)
+    db.upgrade(engine)
+    db.insert_new(engine, sample_rows(2))
+    csv_path = _review_csv(
+        tmp_path,
+        [("1", "", "Deportes"), ("99999999999999999999", "", "Economía"), ("²", "", "Salud"), ("2", "", "Cultura")],
+    )
+    result = CliRunner().invoke(main, ["review", "--file", str(csv_path), "--url", database_url])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "revisiones.csv:3" in result.output and "revisiones.csv:4" in result.output
+    assert "2 written, 2 rejected" in result.output
+    with engine.connect() as conn:
+        reviewed = dict(conn.execute(sa.select(db.noticias.c.id, db.noticias.c.categoria_revisada)).all())
+    assert reviewed == {1: "Deportes", 2: "Cultura"}
+
+
+@pytest.mark.parametrize("key", ["99999999999999999999", "²"])
+def test_review_one_id_no_row_can_have_is_an_error_not_a_traceback(database_url, key):
+    result = CliRunner().invoke(main, ["review", key, "Deportes", "--url", database_url])
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output and key in result.output
+
+
+def test_mark_reviewed_rejects_ids_outside_the_id_range(engine):
+    db.insert_new(engine, sample_rows(1))
+    result = db.mark_reviewed(engine, [(2**63, "Deportes"), (-1, "Deportes"), (1, "Deportes")])
+    assert result.written == 1 and [r.key for r in result.rejected] == [2**63, -1]

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import settings
-from .files import read_jsonl, staged_file
+from .files import BadLine, read_jsonl_lines, staged_file
 
 
 def _database_option(function):
@@ -127,13 +127,18 @@ def ingest(feeds, database_url):
 @click.option("--batch-size", default=16, show_default=True)
 def categorize(input_path, output_path, model_dir, adapter_dir, backend, device, batch_size):
     """Categorise IN.jsonl (lines with titulo and resumen; other fields pass through) into --out,
-    adding categoria and confianza (or error). The output file appears only when complete."""
+    adding categoria and confianza (or error). The output file appears only when complete. A line that is
+    not a JSON object with text titulo/resumen is reported (file:line: reason) and left out; exit code 1."""
     from tqdm import tqdm
 
     from .categorizer import Prediction, item_text
     from .resources.categorizer import CategorizerResource
 
-    records = read_jsonl(input_path)
+    records, bad_lines = _categorizable_records(input_path)
+    for bad_line in bad_lines:
+        click.echo(f"error: {bad_line}", err=True)
+    if not records:
+        raise click.ClickException(f"{input_path}: no line to categorise")
     categorizer = CategorizerResource(
         backend=backend,
         model_dir=model_dir or settings.model_dir(),
@@ -161,6 +166,24 @@ def categorize(input_path, output_path, model_dir, adapter_dir, backend, device,
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             bar.update(len(batch))
     click.echo(f"{len(records) - failed} categorised, {failed} failed -> {output_path}")
+    if bad_lines:
+        click.echo(f"{len(bad_lines)} bad lines in {input_path} left out (listed above)", err=True)
+        sys.exit(1)
+
+
+def _categorizable_records(path: Path) -> tuple[list[dict], list[BadLine]]:
+    """The lines of a categorise input that are JSON objects whose titulo and resumen are text (or absent),
+    and the others with the reason: checked before the model loads."""
+    objects, bad_lines = read_jsonl_lines(path)
+    records = []
+    for number, record in objects:
+        wrong = [field for field in ("titulo", "resumen") if not isinstance(record.get(field), str | None)]
+        if wrong:
+            kinds = ", ".join(f"`{field}` is a {type(record[field]).__name__}" for field in wrong)
+            bad_lines.append(BadLine(path, number, f"{kinds}, not text"))
+        else:
+            records.append(record)
+    return records, sorted(bad_lines, key=lambda bad_line: bad_line.line)
 
 
 @main.command()

@@ -6,6 +6,8 @@ such in the UI), else from the offline defaults: SQLite under data/ and the pack
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dagster as dg
 
 from .assets import documents as document_assets
@@ -34,7 +36,15 @@ from .resources.documents import (
     TextGeneratorResource,
 )
 from .resources.training import LoraTrainerResource
-from .settings import DEFAULT_MODEL_DIR, PROJECT_HOME, default_database_url, env, site_setting
+from .settings import (
+    DEFAULT_CATEGORIZER_ADAPTERS_DIR,
+    DEFAULT_CATEGORIZER_MODEL_DIR,
+    DEFAULT_MODEL_DIR,
+    PROJECT_HOME,
+    default_database_url,
+    env,
+    site_setting,
+)
 
 
 def build_resources() -> dict:
@@ -46,9 +56,14 @@ def build_resources() -> dict:
         ),
         "categorizer": CategorizerResource(
             backend=site_setting("BACKEND", "transformers"),
-            model_dir=site_setting("MODEL_DIR", str(DEFAULT_MODEL_DIR)),
+            model_dir=site_setting("CATEGORIZER_MODEL_DIR", "")
+            or site_setting("MODEL_DIR", str(DEFAULT_CATEGORIZER_MODEL_DIR)),
             adapter_dir=adapter_dir or None,
             device=site_setting("DEVICE", "auto"),
+            use_current_adapter=env("USE_CURRENT_ADAPTER", "1") not in ("0", "", "false"),
+            current_adapter_dir=str(
+                Path(env("CATEGORIZER_ADAPTERS_DIR") or DEFAULT_CATEGORIZER_ADAPTERS_DIR) / "current"
+            ),
         ),
         "document_store": DocumentStore(
             inbox_dir=site_setting("INBOX_DIR", str(PROJECT_HOME / "data" / "raw_pdfs")),
@@ -72,9 +87,7 @@ def build_resources() -> dict:
             device=site_setting("TRAIN_DEVICE", "auto"),
             precision=site_setting("TRAIN_PRECISION", "auto"),
             adapters_dir=site_setting("ADAPTERS_DIR", str(PROJECT_HOME / "models" / "lora_adapters")),
-            categorizer_adapters_dir=site_setting(
-                "CATEGORIZER_ADAPTERS_DIR", str(PROJECT_HOME / "models" / "categorizer_adapters")
-            ),
+            categorizer_adapters_dir=site_setting("CATEGORIZER_ADAPTERS_DIR", str(DEFAULT_CATEGORIZER_ADAPTERS_DIR)),
             categorizer_dataset_dir=site_setting(
                 "CATEGORIZER_DATASET_DIR", str(PROJECT_HOME / "data" / "datasets" / "categorizer")
             ),

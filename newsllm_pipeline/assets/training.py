@@ -19,6 +19,7 @@ from ..categorizer.training_set import (
 from ..device_memory import peak_device_memory
 from ..documents.dataset import DatasetFiles
 from ..files import content_version, read_jsonl
+from ..models import resolve_model_dir
 from ..plots import chart_markdown
 from ..resources import CategorizerResource, NoticiasDatabase
 from ..resources.documents import DocumentStore
@@ -106,12 +107,14 @@ def _training_metadata(run: TrainingRun) -> dict:
     }
 
 
-def _train(context, config: LoraTrainingConfig, trainer: LoraTrainerResource, kind: str, records, **options):
-    """Train (or reuse) the adapter of `kind` and make it the current one: the run and the step's peak device
-    memory."""
+def _train(
+    context, config: LoraTrainingConfig, trainer: LoraTrainerResource, kind: str, records, base_model=None, **options
+):
+    """Train (or reuse) the adapter of `kind` on `base_model` (default: the trainer's) and make it the current
+    one: the run and the step's peak device memory."""
     with peak_device_memory(trainer.device) as memory:
         run = train_lora(
-            trainer.base_model(),
+            base_model or trainer.base_model(),
             records,
             trainer.folder(kind),
             config.settings(),
@@ -274,7 +277,9 @@ def categorizer_adapter(
     folder = Path(lora_trainer.categorizer_dataset_dir)
     train = read_labelled_split(folder / TRAIN_JSONL)
     prompt = PromptSettings(categories=tuple(categorizer.categories), max_item_tokens=categorizer.max_item_tokens)
-    tokenizer = AutoTokenizer.from_pretrained(lora_trainer.base_model())
+    # The adapter belongs to the categoriser's model, which may differ from the document adapters' base.
+    base_model = resolve_model_dir(categorizer.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_model)
     records = training_records(tokenizer, [item.text for item in train], [item.categoria for item in train], prompt)
     run, memory = _train(
         context,
@@ -282,6 +287,7 @@ def categorizer_adapter(
         lora_trainer,
         "categorizer",
         records,
+        base_model=base_model,
         extra_files={PROMPT_SETTINGS: prompt.to_json()},
         provenance={"dataset_version": content_version(folder / TRAIN_JSONL, folder / EVAL_JSONL)},
     )
@@ -307,7 +313,7 @@ def categorizer_evaluation(
     items = read_labelled_split(Path(lora_trainer.categorizer_dataset_dir) / EVAL_JSONL)
     adapter_dir = lora_trainer.current("categorizer")
     texts, truth = [item.text for item in items], [item.categoria for item in items]
-    settings = categorizer.model_dump()
+    settings = {**categorizer.model_dump(), "use_current_adapter": False}
     reports = {}
     with peak_device_memory(categorizer.device) as memory:
         for name, adapter in (("base", None), ("adapter", str(adapter_dir))):

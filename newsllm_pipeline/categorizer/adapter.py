@@ -48,11 +48,21 @@ def training_records(tokenizer, texts: Sequence[str], labels: Sequence[str], set
     """Plain-text prompt/completion records: the chat-templated prompt around the item (cut to max_item_tokens
     as the scorer cuts it) and the category as the completion."""
     parts = build_prompt(tokenizer, settings.categories, examples=(), system=settings.system_prompt)
+    prefix = _without_added_bos(tokenizer, parts.prefix)
     records = []
     for text, label in zip(texts, labels, strict=True):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][: settings.max_item_tokens]
-        records.append({"prompt": parts.prefix + tokenizer.decode(ids) + parts.suffix, "completion": label})
+        records.append({"prompt": prefix + tokenizer.decode(ids) + parts.suffix, "completion": label})
     return records
+
+
+def _without_added_bos(tokenizer, prefix: str) -> str:
+    """The prompt text without its leading begin-of-text token when the tokenizer adds that token itself
+    (Gemma): the trainer tokenizes with special tokens, the scorer encodes the text as is, and both must
+    see exactly one."""
+    bos = getattr(tokenizer, "bos_token", None)
+    adds_bos = bos is not None and tokenizer.bos_token_id in tokenizer("")["input_ids"]
+    return prefix[len(bos) :] if adds_bos and prefix.startswith(bos) else prefix
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """What the categoriser asks the model, shared by every backend.
 
-The prompt is a few-shot conversation in the model's own chat template. Everything before the item
-is identical for all items (the prefix), so backends encode it once and reuse its key/value cache;
-each item adds only its own text and the assistant turn's opening.
+The prompt is a few-shot conversation in the model's own chat template, or, for a pretrained model that
+has none (Gemma 3 270M), in a plain turn layout of our own: "Noticia: ...\nCategoría:\n<label>". Everything
+before the item is identical for all items (the prefix), so backends encode it once and reuse its key/value
+cache; each item adds only its own text and the answer turn's opening.
 """
 
 from __future__ import annotations
@@ -71,16 +72,40 @@ class PromptParts:
 
 
 def build_prompt(tokenizer, categories: Sequence[str], examples=FEW_SHOT_EXAMPLES, system=SYSTEM_PROMPT) -> PromptParts:
-    """Render the few-shot conversation with the tokenizer's chat template and split it at the item.
-    `system` may name {categories}."""
+    """Render the few-shot conversation with the tokenizer's chat template (or the plain turn layout when
+    it has none) and split it at the item. `system` may name {categories}."""
     messages = [{"role": "system", "content": system.format(categories=", ".join(categories))}]
     for text, label in examples:
         if label in categories:
             messages += [{"role": "user", "content": text}, {"role": "assistant", "content": label}]
     messages.append({"role": "user", "content": _ITEM_PLACEHOLDER})
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if getattr(tokenizer, "chat_template", None):
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        rendered = render_plain_turns(messages, bos=getattr(tokenizer, "bos_token", None) or "")
     prefix, suffix = rendered.split(_ITEM_PLACEHOLDER)
     return PromptParts(prefix=prefix, suffix=suffix)
+
+
+# The plain layout's turn openings: the item and the answer each on their own lines, so a category's tokens
+# start a line exactly as in the examples (no leading-space variants of the label tokens).
+PLAIN_USER = "Noticia: "
+PLAIN_ANSWER = "\nCategoría:\n"
+
+
+def render_plain_turns(messages: Sequence[dict], bos: str = "") -> str:
+    """A conversation as plain text for a pretrained model without a chat template: the system text, then
+    each user turn as "Noticia: ..." and each answer after "Categoría:", ending open for the next answer.
+    `bos` (the tokenizer's begin-of-text token) starts the text, as such models were trained."""
+    parts = [bos]
+    for message in messages:
+        if message["role"] == "system":
+            parts.append(message["content"] + "\n\n")
+        elif message["role"] == "user":
+            parts.append(PLAIN_USER + message["content"] + PLAIN_ANSWER)
+        else:
+            parts.append(message["content"] + "\n\n")
+    return "".join(parts)
 
 
 def parse_category(answer: str, categories: Sequence[str]) -> str | None:

@@ -1,6 +1,7 @@
 """The LLM that categorises noticias, injected per job: backend, model folder, device, adapter."""
 
 import functools
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from pydantic import Field, PrivateAttr
 from ..categorizer import DEFAULT_CATEGORIES, CategorizationError, Prediction, item_text
 from ..categorizer.adapter import PromptSettings
 from ..files import read_jsonl
-from ..models import resolve_model_dir
+from ..models import AdapterError, read_adapter_config, resolve_model_dir, same_model
+
+log = logging.getLogger(__name__)
 
 PACKAGED_CALIBRATION = Path(__file__).parent.parent / "categorizer" / "calibration_es.jsonl"
 
@@ -86,6 +89,14 @@ class CategorizerResource(dg.ConfigurableResource):
     backend: str = Field(default="transformers", description="'transformers' or 'exllamav2'")
     model_dir: str = Field(description="A Hugging Face model folder (or a hub id where there is internet)")
     adapter_dir: str | None = Field(default=None, description="A PEFT LoRA adapter folder (transformers only)")
+    use_current_adapter: bool = Field(
+        default=True,
+        description="Without adapter_dir: use the categoriser adapter `current_adapter_dir` points at, once "
+        "training made one for this model_dir (NEWSLLM_USE_CURRENT_ADAPTER=0 switches it off)",
+    )
+    current_adapter_dir: str | None = Field(
+        default=None, description="The `current` link of the categoriser adapters (categorizer_adapter writes it)"
+    )
     device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'…")
     dtype: str = Field(
         default="auto",
@@ -122,13 +133,30 @@ class CategorizerResource(dg.ConfigurableResource):
     def load(self):
         """The backend: loaded on first use, shared by every resource of the same settings in this process."""
         if self._categorizer is None:
-            settings = self.model_dump()
+            settings = self.model_dump(exclude={"use_current_adapter", "current_adapter_dir"})
             settings["categories"] = tuple(self.categories)
             settings["gpu_split"] = tuple(self.gpu_split) if self.gpu_split else None
+            adapter_dir = self.adapter_dir or self.trained_adapter()
             # `current` is a symlink that retraining moves: load (and cache) what it points at now.
-            settings["adapter_dir"] = str(Path(self.adapter_dir).resolve()) if self.adapter_dir else None
+            settings["adapter_dir"] = str(Path(adapter_dir).resolve()) if adapter_dir else None
             self._categorizer = load_categorizer(**settings)
         return self._categorizer
+
+    def trained_adapter(self) -> str | None:
+        """The current categoriser adapter, when one exists, use_current_adapter is on, the backend takes
+        adapters, and it was trained on this model_dir (another base's adapter is skipped with a warning)."""
+        current = self.current_adapter_dir
+        if not (self.use_current_adapter and current and self.backend == "transformers" and Path(current).exists()):
+            return None
+        try:
+            recorded = read_adapter_config(current).get("base_model_name_or_path")
+        except AdapterError as error:
+            log.warning("not using the current categoriser adapter: %s", error)
+            return None
+        if recorded and not same_model(recorded, resolve_model_dir(self.model_dir)):
+            log.warning("skipping the categoriser adapter %s: trained on %s, not %s", current, recorded, self.model_dir)
+            return None
+        return current
 
     def categorize(self, texts: Sequence[str]) -> list[Prediction | CategorizationError]:
         return self.load().categorize(texts)

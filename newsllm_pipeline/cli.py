@@ -309,7 +309,8 @@ def review(key, categoria, csv_path, database_url):
         except ValueError as error:
             raise click.ClickException(str(error)) from error
     else:
-        result = db.mark_reviewed(engine, [(int(key) if key.isdigit() else key, categoria)])
+        row_key = int(key) if key.isascii() and key.isdigit() else key  # an id out of range is rejected below
+        result = db.mark_reviewed(engine, [(row_key, categoria)])
     for rejected in result.rejected:
         click.echo(f"rejected: {rejected.key}: {rejected.reason}", err=True)
     for missing in result.not_found:

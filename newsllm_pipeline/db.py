@@ -416,8 +416,28 @@ def _unknown_category_reason(categoria: str, canonical: dict[str, str]) -> str:
     return f"unknown category {categoria!r}{hint} (allowed: {', '.join(canonical.values())})"
 
 
-def _is_key(key) -> bool:
-    return (isinstance(key, int) and not isinstance(key, bool)) or (isinstance(key, str) and bool(key.strip()))
+MAX_ROW_ID = 2**63 - 1  # BIGINT on PostgreSQL, INTEGER (64-bit) on SQLite
+
+
+def row_id(text: str) -> int | None:
+    """`text` as a row id: ASCII digits (not `²` or `٣`, which Python also calls digits) within the id
+    column's range; None when no row can have it."""
+    text = text.strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    value = int(text)
+    return value if 1 <= value <= MAX_ROW_ID else None
+
+
+def _key_problem(key) -> str | None:
+    """Why `key` can name no row (None when it can): an id outside the column's range, or no text."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        return None if 1 <= key <= MAX_ROW_ID else f"id {key} is outside the id range (1 to {MAX_ROW_ID:,})"
+    if isinstance(key, str) and key.strip().isdigit():  # only non-ASCII digits reach here: `²`, `٣`
+        return f"{key!r} is not a row id (only the digits 0-9 make one) nor a url"
+    if isinstance(key, str) and key.strip():
+        return None
+    return f"{key!r} is neither a row id nor a url"
 
 
 def mark_reviewed(
@@ -437,8 +457,8 @@ def mark_reviewed(
     valid: list[tuple[int | str, str]] = []
     for key, categoria in reviews:
         categoria = (categoria or "").strip()
-        if not _is_key(key):
-            rejected.append(RejectedReview(key, categoria, f"{key!r} is neither a row id nor a url"))
+        if problem := _key_problem(key):
+            rejected.append(RejectedReview(key, categoria, problem))
         elif fold(categoria) not in canonical:
             rejected.append(RejectedReview(key, categoria, _unknown_category_reason(categoria, canonical)))
         else:

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -62,6 +63,55 @@ def content_version(*paths: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class BadLine:
+    """A line of an input file that cannot be used, and why."""
+
+    path: Path
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+def _json_object(raw: bytes) -> dict | str:
+    """The line's JSON object, or why it is not one."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"not UTF-8 text (byte {error.start + 1} is {raw[error.start : error.start + 1]!r}): save it as UTF-8"
+    try:
+        value = json.loads(text.removeprefix("\ufeff"))
+    except ValueError as error:
+        return f"not valid JSON ({error})"
+    except RecursionError:
+        return "not valid JSON (nested too deeply)"
+    if not isinstance(value, dict):
+        return f"a JSON {type(value).__name__}, not a JSON object ({{...}})"
+    return value
+
+
+def read_jsonl_lines(path: Path) -> tuple[list[tuple[int, dict]], list[BadLine]]:
+    """Each JSON object of a JSONL file with its line number, and the lines that are not one, with the reason
+    (blank lines skipped). Lines end only at \\n or \\r, so text holding U+2028 stays one line."""
+    objects, bad = [], []
+    for number, raw in enumerate(Path(path).read_bytes().splitlines(), start=1):
+        if not raw.strip():
+            continue
+        value = _json_object(raw)
+        if isinstance(value, str):
+            bad.append(BadLine(Path(path), number, value))
+        else:
+            objects.append((number, value))
+    return objects, bad
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """The objects of a JSONL file, blank lines skipped."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """The objects of a JSONL file, blank lines skipped; a line that is not a JSON object raises ValueError
+    naming the file, the line and the reason."""
+    objects, bad = read_jsonl_lines(path)
+    if bad:
+        more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
+        raise ValueError(f"{bad[0]}{more}")
+    return [value for _, value in objects]

@@ -390,10 +390,10 @@ def import_reviews_csv(engine: Engine, path: Path, categories: Sequence[str] | N
         for row in reader:
             row_id, url, categoria = (row.get("id") or "").strip(), (row.get("url") or "").strip(), row["categoria"]
             line = f"{path.name}:{reader.line_num}"
-            if row_id and not row_id.isdigit():
+            if row_id and db.row_id(row_id) is None:
                 rejected.append(db.RejectedReview(line, categoria or "", f"id {row_id!r} is not a row id"))
             elif row_id or url:
-                reviews.append((int(row_id) if row_id else url, categoria or ""))
+                reviews.append((db.row_id(row_id) if row_id else url, categoria or ""))
             else:
                 rejected.append(db.RejectedReview(line, categoria or "", "neither id nor url"))
     result = db.mark_reviewed(engine, reviews, categories)

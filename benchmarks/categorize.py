@@ -31,12 +31,11 @@ import time
 from pathlib import Path
 
 import torch
-from harness import MATMUL_SECONDS, MATMUL_SIZE, measure_matmul_gflops, write_report
+from harness import MATMUL_SECONDS, MATMUL_SIZE, measure_matmul_gflops, model_flops, write_report
 from tabulate import tabulate
 
 from newsllm_pipeline import settings
 from newsllm_pipeline.categorizer import Prediction, item_text
-from newsllm_pipeline.categorizer.prompt import build_prompt
 from newsllm_pipeline.demo import gold_labels
 from newsllm_pipeline.feeds import parse_feed
 from newsllm_pipeline.models import resolve_model_dir
@@ -67,50 +66,6 @@ def load_items(limit: int) -> tuple[list[str], list[str | None]]:
     if len(texts) < limit:
         print(f"only {len(texts)} feed items available; benchmarking those instead of {limit}", file=sys.stderr)
     return texts[:limit], labels[:limit]
-
-
-def model_flops(categorizer, texts: list[str]) -> dict:
-    """Forward FLOPs label scoring needs per item: the model's own work, without padding or masked-out
-    attention (which the batched implementation also computes)."""
-    model, config, tokenizer = categorizer.model, categorizer.model.config, categorizer.tokenizer
-
-    def token_count(text: str) -> int:
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    prompt = build_prompt(tokenizer, categorizer.categories)
-    prefix_tokens, suffix_tokens = token_count(prompt.prefix), token_count(prompt.suffix)
-    trie_nodes = len(categorizer.trie.nodes)
-    linear_params = sum(m.weight.numel() for m in model.model.modules() if isinstance(m, torch.nn.Linear))
-    lm_head_params = model.lm_head.weight.numel()
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    attention_width = config.num_hidden_layers * config.num_attention_heads * head_dim
-    tokens_fed, flops = [], []
-    for text in texts:
-        item_tokens = min(token_count(text), categorizer.max_item_tokens) + suffix_tokens
-        fed = item_tokens + trie_nodes
-        kv_length = prefix_tokens + item_tokens
-        tokens_fed.append(fed)
-        flops.append(
-            2 * linear_params * fed + 2 * lm_head_params * (1 + trie_nodes) + 4 * attention_width * kv_length * fed
-        )
-    return {
-        "counted": (
-            "per item: tokens fed = item tokens (truncated to max_item_tokens) + prompt suffix + trie nodes; "
-            "2 x linear-layer params x tokens fed (embedding lookup excluded); "
-            "2 x lm_head params x (1 + trie nodes) (logits only where a category token is predicted); "
-            "attention 4 x layers x heads x head_dim x (prefix + item + suffix tokens) x tokens fed; "
-            "norms, activations, softmax and padding not counted"
-        ),
-        "flop_per_item": sum(flops) / len(flops),
-        "mean_tokens_fed": sum(tokens_fed) / len(tokens_fed),
-        "prefix_tokens": prefix_tokens,
-        "suffix_tokens": suffix_tokens,
-        "trie_nodes": trie_nodes,
-        "max_item_tokens": categorizer.max_item_tokens,
-        "linear_params": linear_params,
-        "lm_head_params": lm_head_params,
-        "attention_width": attention_width,
-    }
 
 
 def run_worker(name: str, model_dir: str, texts: list[str]) -> dict:

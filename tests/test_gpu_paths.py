@@ -4,15 +4,18 @@ training, training on the device asked for and the peak device memory in every G
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
 import torch
 
 from newsllm_pipeline.assets import training as training_assets
+from newsllm_pipeline.categorizer.exllamav2_backend import transformers5_rope_theta
 from newsllm_pipeline.device_memory import PEAK_KEY, peak_device_memory
 from newsllm_pipeline.documents.dataset import Example, build_dataset, write_dataset
 from newsllm_pipeline.resources.documents import DocumentStore
@@ -29,6 +32,7 @@ from newsllm_pipeline.training.lora import (
 )
 from newsllm_pipeline.training.trainer_args import cuda_index
 
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and a CUDA build of torch")
 TINY = {"max_steps": 2, "batch_size": 2, "max_length": 128, "save_steps": 1}
 FACTS = [
@@ -73,18 +77,40 @@ def test_fp16_trains_with_loss_scaling_and_bf16_autocasts_only_on_cuda():
     assert cuda_index("cuda:1") == 1 and cuda_index("cpu") is None
 
 
-def test_the_gpu_benchmark_modules_import_without_dagster():
-    """The GPU machine has no Dagster: the plain modules benchmarks/gpu.py uses must not pull it in."""
+def test_the_gpu_benchmark_imports_nothing_the_gpu_machine_lacks():
+    """The GPU machine has no Dagster, SQLAlchemy or feedparser: the modules benchmarks/gpu.py runs must not need
+    them (imported as it imports them, with the benchmarks folder on the path)."""
     modules = [
+        "harness",
         "newsllm_pipeline.training.lora",
         "newsllm_pipeline.training.trainer_args",
         "newsllm_pipeline.categorizer.transformers_backend",
         "newsllm_pipeline.categorizer.exllamav2_backend",
-        "newsllm_pipeline.device_memory",
     ]
-    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('dagster' in sys.modules)"
+    code = (
+        f"import sys; sys.path.insert(0, {str(BENCHMARKS)!r})\n"
+        f"for module in {modules!r}: __import__(module)\n"
+        "print(sorted({'dagster', 'sqlalchemy', 'feedparser', 'docling'} & set(sys.modules)))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert result.stdout.strip() == "False"
+    assert result.stdout.strip() == "[]"
+
+
+def test_exllamav2_gets_the_rope_base_that_transformers_5_writes(model_dir, tmp_path):
+    """exllamav2 reads only a top-level rope_theta; the packaged folder has it under rope_parameters (100,000),
+    where exllamav2 would silently use Llama's 10,000 and compute another model."""
+    assert transformers5_rope_theta(model_dir) == 100000.0
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    for name, edit in (
+        ("legacy", {"rope_theta": 100000.0}),
+        ("scaled", {"rope_parameters": {"rope_theta": 5e5, "rope_type": "llama3"}}),
+    ):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config | edit))
+    assert transformers5_rope_theta(str(tmp_path / "legacy")) is None  # exllamav2 reads it itself
+    with pytest.raises(ValueError, match="RoPE scaling .* exllamav2 does not read"):
+        transformers5_rope_theta(str(tmp_path / "scaled"))
 
 
 def test_peak_device_memory_is_empty_off_cuda():

@@ -12,11 +12,29 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from .labels import LabelScoringCategorizer, folder_fingerprint
 from .prompt import DEFAULT_CATEGORIES
+
+
+def transformers5_rope_theta(model_dir: str) -> float | None:
+    """The RoPE base of a folder written by transformers 5 (under `rope_parameters`, as `newsllm models prepare`
+    writes the packaged model), which exllamav2 0.3 does not read: it looks for a top-level `rope_theta` and
+    otherwise silently uses its architecture's default (10,000 for Llama; SmolLM2 uses 100,000). None where the
+    folder has the top-level key. RoPE scaling in that layout is an error rather than a silently different model."""
+    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    rope = config.get("rope_parameters") or {}
+    if "rope_theta" in config or "rope_theta" not in rope:
+        return None
+    if rope.get("rope_type", "default") != "default":
+        raise ValueError(
+            f"{model_dir}: RoPE scaling {rope} is in transformers 5's rope_parameters, which exllamav2 does not "
+            "read: use the transformers backend, or give the folder a top-level rope_scaling"
+        )
+    return float(rope["rope_theta"])
 
 
 class ExLlamaV2Categorizer(LabelScoringCategorizer):
@@ -48,6 +66,8 @@ class ExLlamaV2Categorizer(LabelScoringCategorizer):
         self.batch_size = batch_size
         config = ExLlamaV2Config(model_dir)
         config.max_seq_len = max_seq_len
+        if (rope_theta := transformers5_rope_theta(model_dir)) is not None:
+            config.rotary_embedding_base = rope_theta
         self.model = ExLlamaV2(config)
         cache_class = ExLlamaV2Cache_Q4 if cache_type == "q4" else ExLlamaV2Cache
         if gpu_split:

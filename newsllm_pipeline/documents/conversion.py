@@ -1,8 +1,9 @@
 """Documents to Docling Markdown with extracted PNG images, offline.
 
 PDFs go through Docling's standard PDF pipeline with the font-heuristics layout engine
-(`layout.py`, a Docling plugin) in place of the layout model and table structure off: no ML
-model artifacts are needed, and Docling's own stages do reading order, captions, lists, picture
+(`layout.py`, a Docling plugin) in place of the layout model and the text-layer table engine
+(`tables.py`) in place of TableFormer: no ML model artifacts are needed, and Docling's own stages do
+reading order, heading levels (from the PDF's bookmarks and section numbers), captions, lists, picture
 crops and the Markdown export. OCR for scanned pages is optional and uses the RapidOCR ONNX models
 that ship inside the `rapidocr` wheel, so it too works offline. DOCX, HTML and Markdown go through
 Docling's simple pipeline.
@@ -17,13 +18,19 @@ from pathlib import Path
 
 import docling.pipeline.standard_pdf_pipeline as standard_pdf_pipeline
 from docling.datamodel.base_models import ConversionStatus, InputFormat
-from docling.datamodel.pipeline_options import PdfPipelineOptions, PictureDescriptionApiOptions, RapidOcrOptions
+from docling.datamodel.pipeline_options import (
+    HeadingHierarchyOptions,
+    PdfPipelineOptions,
+    PictureDescriptionApiOptions,
+    RapidOcrOptions,
+)
 from docling.document_converter import DocumentConverter, PdfFormatOption
 from docling.models.factories.table_factory import TableStructureFactory
 from docling_core.types.doc import ImageRefMode
 
 from ..files import staged_folder
-from .layout import FontLayoutOptions
+from .layout import FontLayoutOptions, move_running_furniture
+from .tables import TextLayerTableModel, TextLayerTableOptions
 
 MARKDOWN_NAME = "texto.md"
 IMAGES_DIR = "imagenes_extraidas"
@@ -84,14 +91,12 @@ class ConvertedDocument:
 
 @contextlib.contextmanager
 def _table_structure_without_torchvision():
-    """The standard pipeline builds its table-structure factory even with do_table_structure=False,
-    and the default table plugin imports torchvision (not installable on CPU machines) at import.
-    Offer it only the v1 model, whose heavy imports are lazy; it stays disabled."""
-    from docling.models.stages.table_structure.table_structure_model import TableStructureModel
+    """The standard pipeline's table-structure factory loads every table plugin, and Docling's default one
+    imports torchvision (not installable on CPU machines) at import. Offer it only the text-layer engine."""
 
     def factory(allow_external_plugins: bool = False) -> TableStructureFactory:
         tables = TableStructureFactory()
-        tables.register(TableStructureModel, "docling", "newsllm_pipeline")
+        tables.register(TextLayerTableModel, "newsllm_pipeline", TextLayerTableModel.__module__)
         return tables
 
     original = standard_pdf_pipeline.get_table_structure_factory
@@ -134,8 +139,15 @@ def offline_converter(
     options = PdfPipelineOptions(
         allow_external_plugins=True,  # the layout engine is this package's `docling` entry point
         layout_options=FontLayoutOptions(),
+        # One page per layout batch: the engine's document statistics then grow page by page in the same
+        # way on every run, whatever the parser's pace (batches are filled on a timer).
+        layout_batch_size=1,
+        table_structure_options=TextLayerTableOptions(),
+        do_table_structure=True,
+        # Heading levels from the bookmarks and section numbers; it also has the pipeline read the bookmarks,
+        # which the layout engine uses to find the headings in the first place.
+        heading_hierarchy_options=HeadingHierarchyOptions(enabled=True, use_bookmarks=True),
         do_ocr=ocr,
-        do_table_structure=False,
         generate_page_images=False,
         generate_picture_images=True,
         images_scale=images_scale,
@@ -195,6 +207,8 @@ def convert_document(source: Path, out_dir: Path, converter: DocumentConverter) 
         reason = _what_is_wrong(source) or f"Docling could not convert it ({docling_says})"
         raise DocumentConversionError(f"{source}: {reason}")
     _require_content(source, result, converter)
+    if source.suffix.lower() == ".pdf":
+        move_running_furniture(result.document)
     with staged_folder(out_dir) as staging:
         # A relative artifacts_dir is resolved against the Markdown's folder and kept relative in links.
         result.document.save_as_markdown(

@@ -1,26 +1,34 @@
 """A Docling layout engine that reads page structure from the PDF's text layer, with no ML models.
 
-It recovers section headers, paragraphs, list items, captions, page headers/footers and pictures
-from docling-parse's text cells: each line's font height against the body height (the most common
-one), the share of its words set in bold fonts, the gaps between lines and their indents. The
-result is a set of layout clusters, so Docling's own reading order, caption matching, list
+It recovers section headers, paragraphs, list items, captions, tables, page headers/footers and
+pictures from docling-parse's text cells, joined into visual lines (`textlines.py`):
+
+- headings: a line in the PDF's own outline (bookmarks) on that page; otherwise a short line that
+  reads like a title and is set taller than the document's body text or bold in a non-bold body
+  (body height and weight are counted over the document's pages so far, not fixed thresholds);
+  a numbered line ("2.1 Scope", "A.2", "IV.") needs only a slightly larger or partly bold font.
+  A lone fragment (no two letters), a line ending like a sentence, or one starting in lower case
+  never is;
+- page furniture: page numbers, short lines in the outer bands, and any line in the outer bands
+  that repeats (digits aside) one in the same band of an earlier page: running headers/footers;
+- tables: runs of rows with short texts aligned in at least three columns (`tables.py`), emitted as
+  table clusters that the text-layer table engine turns into cells;
+- paragraphs and list items from gaps and indents, column by column: a line continues the block
+  right above it in its own column, so side-by-side columns never interleave.
+
+The result is a set of layout clusters, so Docling's own reading order, caption matching, list
 processing and Markdown export do the rest.
 
-Known limits:
-- Lines are merged only when they overlap horizontally, which assumes one column per block;
-  columns stay separate clusters and their order is left to Docling's reading-order model.
-- No tables: their cells come out as paragraphs.
-- Side-by-side text boxes, and right-to-left lines that docling-parse splits at Latin words,
-  are not handled yet.
-- Body statistics are computed per page batch (the pipeline's `layout_batch_size`), not per
-  document.
+Known limits: statistics grow page by page (the first pages of a document are judged by less text);
+headings set in the body font without bold or a number are not found; tables with two columns or
+without aligned cells stay paragraphs.
 """
 
 from __future__ import annotations
 
-import bisect
 import re
-from collections import Counter
+import unicodedata
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,30 +39,49 @@ from docling.datamodel.base_models import Cluster, LayoutPrediction, Page
 from docling.datamodel.document import ConversionResult
 from docling.datamodel.pipeline_options import BaseLayoutOptions
 from docling.models.base_layout_model import BaseLayoutModel
-from docling_core.types.doc import BoundingBox, CoordOrigin, DocItemLabel
-from docling_core.types.doc.page import BoundingRectangle, SegmentedPdfPage, TextCell
+from docling_core.types.doc import BoundingBox, ContentLayer, CoordOrigin, DocItemLabel, DoclingDocument, TextItem
+from docling_core.types.doc.page import SegmentedPdfPage, TextCell
+
+from .tables import TextLayerTableModel, table_grid, visual_rows
+from .textlines import TextLine, page_lines, top_left_box
 
 # (left, top, right, bottom) in points, top-left origin.
 BoxCoordinates = tuple[float, float, float, float]
 
-BOLD_FONT = re.compile(r"bold|black|heavy|semibold|demi|CMBX|CMB\d|[-,](bd|b)$|\.B$", re.IGNORECASE)
 LIST_MARKER = re.compile(r"^\s*(?:[•∞●▪◦‣⁃○■□►➢✓\-–—*·]|\(?\d{1,2}[.)]|\(?[a-z][.)])\s+")
 CAPTION_START = re.compile(
-    r"^\s*(?:figure|fig\.|table|tab\.|abbildung|figura|tabla|imagen|gráfico)\s*\d+[.:]?", re.IGNORECASE
+    r"^\s*(?:figure|fig\.|table|tab\.|listing|abbildung|figura|tabla|imagen|gráfico)\s*\d+[.:]?", re.IGNORECASE
 )
 PAGE_NUMBER = re.compile(r"(page|p\.|seite|página)?\s*\d+(\s*(/|of|de|von)\s*\d+)?", re.IGNORECASE)
+# "1", "2.1", "2.1.3.", "A.2", "IV.", "Appendix B", "Chapter 3" followed by a title.
+NUMBERED_HEADING = re.compile(
+    r"^(?:\d{1,2}(?:\.\d{1,2}){0,4}\.?|[A-Z](?:\.\d{1,2}){1,3}\.?|[IVXL]{1,5}\.|"
+    r"(?:appendix|annex|anexo|chapter|cap[ií]tulo|section|secci[oó]n|part|parte)\s+[\dA-Z]{1,3}[.:]?)\s+\S",
+    re.IGNORECASE,
+)
+SENTENCE_END = (".", ",", ";")
+TOC_ENTRY = re.compile(r"(?:\.\s?){4,}\s*[\divxlc]+$", re.IGNORECASE)  # "2.1 Scope . . . . 12"
 # Markers Docling's ListMarkerProcessor recognises, plus "(" which opens "(a)"-style markers.
 DOCLING_LIST_MARKERS = "-*+•·‣⁃("
 
 DEFAULT_BODY_HEIGHT = 10.0
 HEADING_HEIGHT_RATIO = 1.15  # a line this much taller than body text is a heading
+NUMBERED_HEADING_HEIGHT_RATIO = 1.04  # a numbered line needs only this much
 BOLD_HEADING_SHARE = 0.9  # a line this bold in a non-bold body is a heading
+NUMBERED_BOLD_SHARE = 0.5
 HEADING_MAX_WORDS = 20
 FURNITURE_BOTTOM_ZONE = 0.85  # page headers/footers live in these top and bottom bands (share of height)
-FURNITURE_TOP_ZONE = 0.08
+FURNITURE_TOP_ZONE = 0.1
 SHORT_FURNITURE_BOTTOM_ZONE = 0.93  # short lines count as furniture only in these narrower bands
 SHORT_FURNITURE_TOP_ZONE = 0.05
 SHORT_FURNITURE_MAX_WORDS = 3
+OUTLINE_MATCH_MIN_SHARE = 0.5  # a line must hold at least this share of a bookmark's title to match it
+REMEMBERED_DOCUMENTS = 4
+FURNITURE_SIGNATURE_WORDS = 2
+FURNITURE_POSITION_TOLERANCE = 4.0  # points: a running header sits at the same height on every page
+GUTTER_MAX_CROSSING = 0.1  # share of a page's lines that may cross a column gutter (titles, full-width figures)
+GUTTER_MIN_SIDE = 0.2  # share of the lines each page column holds at least
+GUTTER_MIN_FILL = 0.5  # most of a page column's text is in lines that fill at least this share of its width
 
 DOCLING_LABELS = {
     "text": DocItemLabel.TEXT,
@@ -63,23 +90,81 @@ DOCLING_LABELS = {
     "caption": DocItemLabel.CAPTION,
     "page_header": DocItemLabel.PAGE_HEADER,
     "page_footer": DocItemLabel.PAGE_FOOTER,
+    "table": DocItemLabel.TABLE,
 }
 
 
-@dataclass
-class TextLine:
-    """One docling-parse text line, in top-left-origin points."""
+def comparable(text: str) -> str:
+    """Text for matching: case, accents' compatibility forms, punctuation and spacing ignored."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(re.sub(r"[^\w]+", " ", text).split())
 
-    text: str
-    left: float
-    top: float
-    right: float
-    bottom: float
-    height: float
-    bold_share: float  # share of the line's characters set in bold fonts
-    font_name: str
-    cell: TextCell
-    label: str = "text"
+
+def furniture_signature(text: str, top: float) -> tuple[str, int]:
+    """A running header/footer's identity across pages: its first words (page numbers and chapter titles
+    vary, "Chapter #" does not) and its height on the page."""
+    words = re.sub(r"\d+", "#", comparable(text)).split()
+    return " ".join(words[:FURNITURE_SIGNATURE_WORDS]), round(top / FURNITURE_POSITION_TOLERANCE)
+
+
+@dataclass(frozen=True)
+class BodyStatistics:
+    body_height: float
+    body_is_bold: bool
+
+
+@dataclass
+class DocumentState:
+    """What the engine has learnt about one document from its pages so far, and its outline."""
+
+    outline_titles: dict[int | None, list[str]] = field(default_factory=dict)  # page number -> titles
+    characters_by_height: Counter[float] = field(default_factory=Counter)
+    characters: int = 0
+    bold_characters: float = 0.0
+    band_signatures: dict[tuple[str, int], set[int]] = field(default_factory=dict)  # -> pages it is in a band of
+    first_page: int | None = None
+    title_height: float = 0.0  # the tallest heading-like line on the first page: the document's title
+
+    def start_page(self, lines: Sequence[TextLine], page_no: int) -> None:
+        if self.first_page is None:
+            self.first_page = page_no
+            heights = [line.height for line in lines if reads_like_heading(line.text)]
+            self.title_height = max(heights, default=0.0)
+
+    def add_lines(self, lines: Sequence[TextLine]) -> None:
+        for line in lines:
+            self.characters_by_height[round(line.height, 1)] += len(line.text)
+            self.characters += len(line.text)
+            self.bold_characters += line.bold_share * len(line.text)
+
+    def statistics(self) -> BodyStatistics:
+        if not self.characters_by_height:
+            return BodyStatistics(DEFAULT_BODY_HEIGHT, False)
+        body_height = self.characters_by_height.most_common(1)[0][0]
+        return BodyStatistics(body_height, self.bold_characters / self.characters > 0.5)
+
+    def in_outline(self, text: str, page_no: int) -> bool:
+        """Whether the line is (most of) a bookmark title that points at this page or the next one."""
+        line = comparable(text)
+        if len(line) < 2:
+            return False
+        titles = [title for page in (page_no, page_no + 1, None) for title in self.outline_titles.get(page, [])]
+        return any(line in title and len(line) >= OUTLINE_MATCH_MIN_SHARE * len(title) for title in titles)
+
+    def is_running_furniture(self, line: TextLine, page_no: int) -> bool:
+        pages = self.band_signatures.get(furniture_signature(line.text, line.top), set())
+        return bool(pages - {page_no})
+
+    def remember_band_line(self, line: TextLine, page_no: int) -> None:
+        self.band_signatures.setdefault(furniture_signature(line.text, line.top), set()).add(page_no)
+
+
+def outline_titles(conv_res: ConversionResult) -> dict[int | None, list[str]]:
+    """The PDF's bookmarks by target page (None: no page), as Docling's backend read them."""
+    titles: dict[int | None, list[str]] = {}
+    for item in conv_res._pdf_outline or []:
+        titles.setdefault(item.page_no, []).append(comparable(item.title))
+    return titles
 
 
 @dataclass
@@ -99,109 +184,79 @@ class LayoutBlock:
         )
 
 
-@dataclass(frozen=True)
-class BodyStatistics:
-    body_height: float
-    body_is_bold: bool
+def _in_outer_band(line: TextLine, page_height: float, bottom_zone: float, top_zone: float) -> bool:
+    return line.top > page_height * bottom_zone or line.bottom < page_height * top_zone
 
 
-def is_bold_font(font_name: str) -> bool:
-    """Whether a PDF font name (subset prefix "ABCDEF+" ignored) names a bold weight."""
-    return bool(BOLD_FONT.search(font_name.split("+")[-1]))
-
-
-def _top_left_box(rect: BoundingRectangle, page_height: float) -> BoundingBox:
-    box = rect.to_bounding_box()
-    if box.coord_origin == CoordOrigin.BOTTOMLEFT:
-        box = box.to_top_left_origin(page_height)
-    return box
-
-
-def page_lines(parsed_page: SegmentedPdfPage) -> list[TextLine]:
-    """The page's non-blank text lines, top to bottom, with their bold share taken from the word cells."""
-    page_height = parsed_page.dimension.height
-    lines = []
-    for cell in parsed_page.textline_cells:
-        if not cell.text.strip():
-            continue
-        box = _top_left_box(cell.rect, page_height)
-        lines.append(TextLine(cell.text, box.l, box.t, box.r, box.b, abs(box.b - box.t), 0.0, cell.font_name, cell))
-    lines.sort(key=lambda line: (round(line.top, 0), line.left))
-    _assign_bold_shares(lines, parsed_page.word_cells, page_height)
-    return lines
-
-
-def _assign_bold_shares(lines: list[TextLine], word_cells: Sequence[TextCell], page_height: float) -> None:
-    # Line cells carry one font name; word cells show which words in it are bold. Each word is
-    # counted on the line that contains its centre.
-    characters = [0] * len(lines)
-    bold_characters = [0] * len(lines)
-    tops = [line.top for line in lines]
-    for word in word_cells:
-        box = _top_left_box(word.rect, page_height)
-        centre_x, centre_y = (box.l + box.r) / 2, (box.t + box.b) / 2
-        following = bisect.bisect_right(tops, centre_y)
-        for index in range(max(0, following - 3), min(len(lines), following + 2)):
-            line = lines[index]
-            if line.top - 1 <= centre_y <= line.bottom + 1 and line.left - 1 <= centre_x <= line.right + 1:
-                characters[index] += len(word.text)
-                if is_bold_font(word.font_name):
-                    bold_characters[index] += len(word.text)
-                break
-    for index, line in enumerate(lines):
-        if characters[index]:
-            line.bold_share = bold_characters[index] / characters[index]
-        else:
-            line.bold_share = float(is_bold_font(line.font_name))
-
-
-def body_statistics(lines: Sequence[TextLine]) -> BodyStatistics:
-    """The body text's height (the most common one, weighted by characters) and whether it is bold."""
-    characters_by_height: Counter[float] = Counter()
-    bold_characters = 0.0
-    characters = 0
-    for line in lines:
-        characters_by_height[round(line.height, 1)] += len(line.text)
-        bold_characters += line.bold_share * len(line.text)
-        characters += len(line.text)
-    body_height = characters_by_height.most_common(1)[0][0] if characters_by_height else DEFAULT_BODY_HEIGHT
-    return BodyStatistics(body_height, (bold_characters / characters if characters else 0) > 0.5)
-
-
-def _is_page_furniture(line: TextLine, word_count: int, page_height: float) -> bool:
-    in_band = line.top > page_height * FURNITURE_BOTTOM_ZONE or line.bottom < page_height * FURNITURE_TOP_ZONE
-    in_narrow_band = (
-        line.top > page_height * SHORT_FURNITURE_BOTTOM_ZONE or line.bottom < page_height * SHORT_FURNITURE_TOP_ZONE
-    )
+def _is_page_furniture(line: TextLine, page_height: float, page_no: int, state: DocumentState) -> bool:
+    if not _in_outer_band(line, page_height, FURNITURE_BOTTOM_ZONE, FURNITURE_TOP_ZONE):
+        return False
     is_page_number = PAGE_NUMBER.fullmatch(line.text.strip()) is not None
-    return in_band and (is_page_number or (word_count <= SHORT_FURNITURE_MAX_WORDS and in_narrow_band))
+    is_short_at_edge = line.word_count <= SHORT_FURNITURE_MAX_WORDS and _in_outer_band(
+        line, page_height, SHORT_FURNITURE_BOTTOM_ZONE, SHORT_FURNITURE_TOP_ZONE
+    )
+    return is_page_number or is_short_at_edge or state.is_running_furniture(line, page_no)
 
 
-def classify_line(line: TextLine, stats: BodyStatistics, page_height: float) -> str:
-    """The line's label: page_header/page_footer, caption, section_header, list_item or text."""
+def reads_like_heading(text: str) -> bool:
+    letters = sum(character.isalpha() for character in text)
+    return (
+        letters >= 2
+        and len(text.split()) <= HEADING_MAX_WORDS
+        and not text.endswith(SENTENCE_END)
+        and not TOC_ENTRY.search(text)
+    )
+
+
+def _continues_sentence(text: str) -> bool:
+    return text[:1].islower() or text.endswith(":")
+
+
+def is_heading(line: TextLine, stats: BodyStatistics, page_no: int, state: DocumentState) -> bool:
     text = line.text.strip()
-    word_count = len(text.split())
-    if _is_page_furniture(line, word_count, page_height):
+    if state.in_outline(text, page_no):
+        return True
+    if not reads_like_heading(text):
+        return False
+    height_ratio = line.height / stats.body_height
+    is_title = page_no == state.first_page and line.height >= state.title_height - 0.5
+    if height_ratio >= HEADING_HEIGHT_RATIO or (is_title and height_ratio >= NUMBERED_HEADING_HEIGHT_RATIO):
+        return True
+    # A bold run that starts in lower case or ends with a colon belongs to a sentence; a larger font is
+    # evidence enough on its own.
+    if _continues_sentence(text):
+        return False
+    bold_share = 0.0 if stats.body_is_bold else line.bold_share
+    is_numbered = NUMBERED_HEADING.match(text) is not None
+    return bold_share > BOLD_HEADING_SHARE or (
+        is_numbered and (height_ratio >= NUMBERED_HEADING_HEIGHT_RATIO or bold_share >= NUMBERED_BOLD_SHARE)
+    )
+
+
+def classify_line(line: TextLine, stats: BodyStatistics, page: tuple[int, float], state: DocumentState) -> str:
+    """The line's label: page_header/page_footer, caption, section_header, list_item or text."""
+    page_no, page_height = page
+    text = line.text.strip()
+    if _is_page_furniture(line, page_height, page_no, state):
         return "page_footer" if line.top > page_height / 2 else "page_header"
     if CAPTION_START.match(text):
         return "caption"
-    is_taller = line.height >= stats.body_height * HEADING_HEIGHT_RATIO
-    is_bolder = line.bold_share > BOLD_HEADING_SHARE and not stats.body_is_bold
-    reads_like_heading = (
-        word_count <= HEADING_MAX_WORDS and not text.endswith((".", ",", ";")) and any(ch.isalpha() for ch in text)
-    )
-    if (is_taller or is_bolder) and reads_like_heading:
+    if is_heading(line, stats, page_no, state):
         return "section_header"
     if LIST_MARKER.match(text):
         return "list_item"
     return "text"
 
 
-def _starts_new_block(line: TextLine, previous: TextLine, block: LayoutBlock, body_height: float) -> bool:
+def _is_close_below(line: TextLine, previous: TextLine, body_height: float) -> bool:
     gap = line.top - previous.bottom
     overlaps = min(line.right, previous.right) - max(line.left, previous.left) > 0
-    is_close = overlaps and gap < max(0.9 * body_height, 0.8 * previous.height)
-    if line.label == "text" and is_close:
+    return overlaps and -0.5 * line.height < gap < max(0.9 * body_height, 0.8 * previous.height)
+
+
+def _starts_new_block(line: TextLine, block: LayoutBlock, body_height: float) -> bool:
+    previous = block.lines[-1]
+    if line.label == "text":
         if block.label == "text":
             # A first-line indent starts a new paragraph.
             block_left = min(block_line.left for block_line in block.lines)
@@ -211,26 +266,68 @@ def _starts_new_block(line: TextLine, previous: TextLine, block: LayoutBlock, bo
             return line.left < block.lines[0].left + 1
         # Text runs on in a caption; headers and page furniture end where body text begins.
         return block.label != "caption"
-    is_heading_continuation = (
-        line.label == "section_header"
-        and block.label == "section_header"
-        and is_close
-        and abs(line.height - previous.height) < 0.5
-    )
-    return not is_heading_continuation
+    same_heading = line.label == block.label == "section_header" and abs(line.height - previous.height) < 0.5
+    return not same_heading
 
 
-def group_blocks(lines: Sequence[TextLine], stats: BodyStatistics, page_height: float) -> list[LayoutBlock]:
-    """Labels each line and merges neighbouring lines into paragraphs, list items, captions and headings."""
+def group_blocks(lines: Sequence[TextLine], body_height: float) -> list[LayoutBlock]:
+    """Merges labelled lines into paragraphs, list items, captions and headings, column by column: a line
+    joins the block whose last line sits right above it, so side-by-side columns stay apart."""
     blocks: list[LayoutBlock] = []
-    previous: TextLine | None = None
     for line in lines:
-        line.label = classify_line(line, stats, page_height)
-        if previous is None or _starts_new_block(line, previous, blocks[-1], stats.body_height):
-            blocks.append(LayoutBlock(line.label))
-        blocks[-1].lines.append(line)
-        previous = line
+        above = [block for block in blocks[-8:] if _is_close_below(line, block.lines[-1], body_height)]
+        block = min(above, key=lambda block: line.top - block.lines[-1].bottom, default=None)
+        if block is None or _starts_new_block(line, block, body_height):
+            blocks.append(block := LayoutBlock(line.label))
+        block.lines.append(line)
     return blocks
+
+
+def table_blocks(lines: Sequence[TextLine]) -> list[LayoutBlock]:
+    """Runs of consecutive rows with several short texts that align into a table grid."""
+    tables = []
+    run: list[list[TextLine]] = []
+    for row in [*visual_rows(lines), []]:
+        if len(row) >= 2 or (run and row and _continues_run(row[0], run[-1])):
+            run.append(row)
+            continue
+        table_lines = [line for run_row in run for line in run_row]
+        if table_lines and table_grid(table_lines).looks_like_table():
+            tables.append(LayoutBlock("table", table_lines))
+        run = [row] if len(row) >= 2 else []
+    return tables
+
+
+def _gutter_quality(lines: Sequence[TextLine], x: float) -> tuple[int, int] | None:
+    """(lines crossing x, imbalance) when x separates two columns of running text, else None."""
+    left = [line for line in lines if line.right <= x]
+    right = [line for line in lines if line.left >= x]
+    crossing = len(lines) - len(left) - len(right)
+    if crossing > GUTTER_MAX_CROSSING * len(lines) or min(len(left), len(right)) < GUTTER_MIN_SIDE * len(lines):
+        return None
+    for side in (left, right):
+        extent = max(line.right for line in side) - min(line.left for line in side)
+        filling = sum(len(line.text) for line in side if line.right - line.left >= GUTTER_MIN_FILL * extent)
+        if filling < 0.5 * sum(len(line.text) for line in side):
+            return None  # a side of mostly short texts: the columns of a table, not of the page
+    return crossing, abs(len(left) - len(right))
+
+
+def page_columns(lines: Sequence[TextLine], depth: int = 2) -> list[list[TextLine]]:
+    """The lines split at the page's column gutters (vertical gaps that only a few full-width lines, such as
+    a title, cross); lines that cross a gutter belong to no column."""
+    candidates = {round(line.right + 1) for line in lines}
+    scored = [(quality, x) for x in candidates if (quality := _gutter_quality(lines, x)) is not None]
+    if not scored or depth == 0:
+        return [list(lines)]
+    x = min(scored)[1]
+    left = [line for line in lines if line.right <= x]
+    right = [line for line in lines if line.left >= x]
+    return page_columns(left, depth - 1) + page_columns(right, depth - 1)
+
+
+def _continues_run(line: TextLine, previous_row: list[TextLine]) -> bool:
+    return line.top - max(other.bottom for other in previous_row) < 0.6 * line.height
 
 
 def picture_boxes(parsed_page: SegmentedPdfPage) -> list[BoxCoordinates]:
@@ -238,18 +335,18 @@ def picture_boxes(parsed_page: SegmentedPdfPage) -> list[BoxCoordinates]:
     page_height = parsed_page.dimension.height
     boxes = []
     for bitmap in parsed_page.bitmap_resources:
-        box = _top_left_box(bitmap.rect, page_height)
+        box = top_left_box(bitmap.rect, page_height)
         boxes.append((box.l, box.t, box.r, box.b))
     return boxes
 
 
-def _normalise_bullet(cell: TextCell) -> None:
+def _normalise_bullet(line: TextLine) -> None:
     # Docling's ListMarkerProcessor only knows [-*+•·‣⁃]; symbol-font bullets decode as e.g. '∞'
     # (SymbolMT), so they are rewritten as '•' for Docling to recognise the list item.
-    text = cell.text.lstrip()
+    text = line.text
     if text[:1] and not text[0].isalnum() and text[0] not in DOCLING_LIST_MARKERS and text[1:2] == " ":
-        cell.text = "•" + text[1:]
-        cell.orig = cell.text
+        line.text = "•" + text[1:]
+        line.cells[0].text = line.cells[0].orig = line.text
 
 
 def _cluster(cluster_id: int, label: DocItemLabel, box: BoxCoordinates, cells: list[TextCell]) -> Cluster:
@@ -263,12 +360,29 @@ def _cluster(cluster_id: int, label: DocItemLabel, box: BoxCoordinates, cells: l
     )
 
 
-def _page_clusters(parsed_page: SegmentedPdfPage, lines: list[TextLine], stats: BodyStatistics) -> list[Cluster]:
+def page_blocks(lines: list[TextLine], page: tuple[int, float], state: DocumentState) -> list[LayoutBlock]:
+    """The page's blocks: tables first, then the other lines labelled and grouped. Updates `state`."""
+    page_no, page_height = page
+    stats = state.statistics()
+    state.start_page(lines, page_no)
+    for line in lines:
+        line.label = classify_line(line, stats, page, state)
+    for line in lines:
+        if _in_outer_band(line, page_height, FURNITURE_BOTTOM_ZONE, FURNITURE_TOP_ZONE):
+            state.remember_band_line(line, page_no)
+    body = [line for line in lines if line.label in ("text", "list_item", "caption")]
+    tables = [table for column in page_columns(body) for table in table_blocks(column)]
+    in_tables = {id(line) for table in tables for line in table.lines}
+    rest = [line for line in lines if id(line) not in in_tables]
+    return tables + group_blocks(rest, stats.body_height)
+
+
+def _page_clusters(parsed_page: SegmentedPdfPage, blocks: list[LayoutBlock]) -> list[Cluster]:
     clusters = []
-    for block in group_blocks(lines, stats, parsed_page.dimension.height):
+    for block in blocks:
         if block.label == "list_item":
-            _normalise_bullet(block.lines[0].cell)
-        cells = [line.cell for line in block.lines]
+            _normalise_bullet(block.lines[0])
+        cells = [cell for line in block.lines for cell in line.cells]
         clusters.append(_cluster(len(clusters), DOCLING_LABELS[block.label], block.box, cells))
     for box in picture_boxes(parsed_page):
         clusters.append(_cluster(len(clusters), DocItemLabel.PICTURE, box, []))
@@ -282,7 +396,8 @@ class FontLayoutOptions(BaseLayoutOptions):
 
 
 class FontLayoutModel(BaseLayoutModel):
-    """Layout clusters from font heights, bold fonts, gaps and indents of the PDF's text cells."""
+    """Layout clusters from the outline, font heights, bold fonts, alignment, gaps and indents of the PDF's
+    text cells."""
 
     # Docling's layout postprocessor reassigns the page cells to our boxes, resolves overlaps and
     # turns cells we left out into orphan clusters.
@@ -298,23 +413,78 @@ class FontLayoutModel(BaseLayoutModel):
     ) -> None:
         # The layout factory passes model paths and accelerator settings; heuristics need neither.
         self.options = options
+        self._documents: OrderedDict[int, DocumentState] = OrderedDict()
 
     @classmethod
     def get_options_type(cls) -> type[BaseLayoutOptions]:
         return FontLayoutOptions
 
+    def _state(self, conv_res: ConversionResult, pages: Sequence[Page]) -> DocumentState:
+        # Pages of one document arrive in order, batch after batch, on the layout stage's one thread. A
+        # batch holding the document's first page starts afresh (a new result may reuse a freed one's id).
+        key = id(conv_res)
+        if key not in self._documents or (conv_res.pages and pages and pages[0] is conv_res.pages[0]):
+            self._documents[key] = DocumentState(outline_titles=outline_titles(conv_res))
+            while len(self._documents) > REMEMBERED_DOCUMENTS:
+                self._documents.popitem(last=False)
+        return self._documents[key]
+
     def predict_layout(self, conv_res: ConversionResult, pages: Sequence[Page]) -> Sequence[LayoutPrediction]:
-        # The pipeline hands pages over in batches of layout_batch_size, so statistics are per batch.
+        state = self._state(conv_res, pages)
         lines_by_page = [page_lines(page.parsed_page) if page.parsed_page is not None else [] for page in pages]
-        stats = body_statistics([line for lines in lines_by_page for line in lines])
-        return [
-            LayoutPrediction(
-                clusters=_page_clusters(page.parsed_page, lines, stats) if page.parsed_page is not None else []
-            )
-            for page, lines in zip(pages, lines_by_page, strict=True)
-        ]
+        for lines in lines_by_page:
+            state.add_lines(lines)
+        predictions = []
+        for page, lines in zip(pages, lines_by_page, strict=True):
+            if page.parsed_page is None:
+                predictions.append(LayoutPrediction())
+                continue
+            # The layout postprocessor assigns the page's cells to clusters: give it the joined lines.
+            for line in lines:
+                line.cells = [line.as_cell()]
+            page.parsed_page.textline_cells = [line.cells[0] for line in lines]
+            blocks = page_blocks(lines, (page.page_no, page.parsed_page.dimension.height), state)
+            predictions.append(LayoutPrediction(clusters=_page_clusters(page.parsed_page, blocks)))
+        return predictions
+
+
+def _band_position(item: TextItem, document: DoclingDocument) -> tuple[int, float, float] | None:
+    """(page number, top, page height) of a text item, in top-left-origin points."""
+    if not item.prov or item.prov[0].page_no not in document.pages:
+        return None
+    page_no = item.prov[0].page_no
+    size = document.pages[page_no].size
+    box = item.prov[0].bbox.to_top_left_origin(size.height)
+    return page_no, box.t, size.height
+
+
+def move_running_furniture(document: DoclingDocument) -> int:
+    """Moves body text that repeats a page header or footer of another page (same first words, same height
+    on the page) to the furniture layer; returns how many items moved. The layout engine sees a running
+    header only from its second page on: this catches the first occurrence too."""
+    pages_by_signature: dict[tuple[str, int], set[int]] = {}
+    for item in document.texts:
+        if item.label in (DocItemLabel.PAGE_HEADER, DocItemLabel.PAGE_FOOTER) and (
+            position := _band_position(item, document)
+        ):
+            pages_by_signature.setdefault(furniture_signature(item.text, position[1]), set()).add(position[0])
+    moved = 0
+    for item in document.texts:
+        if item.content_layer != ContentLayer.BODY or not (position := _band_position(item, document)):
+            continue
+        page_no, top, page_height = position
+        in_band = top > page_height * FURNITURE_BOTTOM_ZONE or top < page_height * FURNITURE_TOP_ZONE
+        if in_band and pages_by_signature.get(furniture_signature(item.text, top), set()) - {page_no}:
+            item.content_layer = ContentLayer.FURNITURE
+            moved += 1
+    return moved
 
 
 def layout_engines() -> dict:
     """Docling plugin hook, found through the `docling` entry-point group (`newsllm_layout` in pyproject)."""
     return {"layout_engines": [FontLayoutModel]}
+
+
+def table_structure_engines() -> dict:
+    """Docling plugin hook for the text-layer table engine that fills this engine's table clusters."""
+    return {"table_structure_engines": [TextLayerTableModel]}

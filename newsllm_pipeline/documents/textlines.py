@@ -1,0 +1,155 @@
+"""Visual text lines from docling-parse's text cells, the unit the layout and table engines reason about.
+
+docling-parse cuts a printed line into several cells where the script direction or the font changes
+(an Arabic line at each Latin word, a date at each slash). Cells that sit on the same baseline with
+less than a word-and-a-bit between them are joined again into one `TextLine`; its text follows the
+cells' content-stream order, which is the logical (reading) order for right-to-left lines too.
+Table columns and page columns are further apart than that and stay separate lines.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from docling_core.types.doc import BoundingBox, CoordOrigin
+from docling_core.types.doc.page import BoundingRectangle, SegmentedPdfPage, TextCell
+
+BOLD_FONT = re.compile(r"bold|black|heavy|semibold|demi|CMBX|CMB\d|[-,](bd|b)$|\.B$", re.IGNORECASE)
+SAME_LINE_OVERLAP = 0.5  # share of the smaller height two cells must share vertically to be on one line
+JOIN_GAP = 0.8  # cells on one line closer than this many line heights are one line
+
+
+@dataclass
+class TextLine:
+    """One visual line (one or more docling-parse cells), in top-left-origin points."""
+
+    text: str
+    left: float
+    top: float
+    right: float
+    bottom: float
+    bold_share: float  # share of the line's characters set in bold fonts
+    cells: list[TextCell]
+    label: str = "text"
+
+    @property
+    def height(self) -> float:
+        return self.bottom - self.top
+
+    @property
+    def word_count(self) -> int:
+        return len(self.text.split())
+
+    def as_cell(self) -> TextCell:
+        """The line as one text cell (its first cell's index and font), so that Docling, which joins a
+        cluster's cells with spaces in index order, writes the line as joined here."""
+        if len(self.cells) == 1:
+            return self.cells[0]
+        boxes = [cell.rect.to_bounding_box() for cell in self.cells]
+        box = BoundingBox(
+            l=min(box.l for box in boxes),
+            t=min(box.t for box in boxes),
+            r=max(box.r for box in boxes),
+            b=max(box.b for box in boxes),
+            coord_origin=boxes[0].coord_origin,
+        )
+        rect = BoundingRectangle.from_bounding_box(box)
+        return self.cells[0].model_copy(update={"text": self.text, "orig": self.text, "rect": rect})
+
+
+def is_bold_font(font_name: str) -> bool:
+    """Whether a PDF font name (subset prefix "ABCDEF+" ignored) names a bold weight."""
+    return bool(BOLD_FONT.search(font_name.split("+")[-1]))
+
+
+def top_left_box(rect: BoundingRectangle, page_height: float) -> BoundingBox:
+    box = rect.to_bounding_box()
+    if box.coord_origin == CoordOrigin.BOTTOMLEFT:
+        box = box.to_top_left_origin(page_height)
+    return box
+
+
+def cell_lines(cells: Iterable[TextCell], page_height: float) -> list[TextLine]:
+    """One line per non-blank cell, its bold share from the cell's own font."""
+    lines = []
+    for cell in cells:
+        if cell.text.strip():
+            box = top_left_box(cell.rect, page_height)
+            bold = float(is_bold_font(cell.font_name))
+            lines.append(TextLine(cell.text.strip(), box.l, box.t, box.r, box.b, bold, [cell]))
+    return lines
+
+
+def _vertical_overlap(line: TextLine, other: TextLine) -> float:
+    return min(line.bottom, other.bottom) - max(line.top, other.top)
+
+
+def _horizontal_gap(line: TextLine, other: TextLine) -> float:
+    return max(line.left, other.left) - min(line.right, other.right)
+
+
+def _joined(line: TextLine, other: TextLine) -> TextLine:
+    cells = sorted(line.cells + other.cells, key=lambda cell: cell.index)
+    characters = len(line.text) + len(other.text)
+    return TextLine(
+        text=" ".join(cell.text.strip() for cell in cells if cell.text.strip()),
+        left=min(line.left, other.left),
+        top=min(line.top, other.top),
+        right=max(line.right, other.right),
+        bottom=max(line.bottom, other.bottom),
+        bold_share=(line.bold_share * len(line.text) + other.bold_share * len(other.text)) / characters,
+        cells=cells,
+    )
+
+
+def join_visual_lines(fragments: Sequence[TextLine]) -> list[TextLine]:
+    """Joins fragments of one printed line (same baseline, close together); result sorted top to bottom."""
+    lines: list[TextLine] = []
+    for fragment in sorted(fragments, key=lambda line: (line.top, line.left)):
+        partner = None
+        for candidate in reversed(lines[-12:]):
+            same_line = _vertical_overlap(fragment, candidate) >= SAME_LINE_OVERLAP * min(
+                fragment.height, candidate.height
+            )
+            if same_line and _horizontal_gap(fragment, candidate) < JOIN_GAP * max(fragment.height, candidate.height):
+                partner = candidate
+                break
+        if partner is None:
+            lines.append(fragment)
+        else:
+            lines[lines.index(partner)] = _joined(partner, fragment)
+    lines.sort(key=lambda line: (round(line.top), line.left))
+    return lines
+
+
+def _assign_bold_shares(lines: list[TextLine], word_cells: Sequence[TextCell], page_height: float) -> None:
+    # Line cells carry one font name; word cells show which words in it are bold. Each word is
+    # counted on the line that contains its centre.
+    characters = [0] * len(lines)
+    bold_characters = [0] * len(lines)
+    tops = [line.top for line in lines]
+    for word in word_cells:
+        box = top_left_box(word.rect, page_height)
+        centre_x, centre_y = (box.l + box.r) / 2, (box.t + box.b) / 2
+        following = bisect.bisect_right(tops, centre_y)
+        for index in range(max(0, following - 3), min(len(lines), following + 2)):
+            line = lines[index]
+            if line.top - 1 <= centre_y <= line.bottom + 1 and line.left - 1 <= centre_x <= line.right + 1:
+                characters[index] += len(word.text)
+                if is_bold_font(word.font_name):
+                    bold_characters[index] += len(word.text)
+                break
+    for index, line in enumerate(lines):
+        if characters[index]:
+            line.bold_share = bold_characters[index] / characters[index]
+
+
+def page_lines(parsed_page: SegmentedPdfPage) -> list[TextLine]:
+    """The page's visual lines, top to bottom, with their bold share taken from the word cells."""
+    page_height = parsed_page.dimension.height
+    fragments = sorted(cell_lines(parsed_page.textline_cells, page_height), key=lambda line: line.top)
+    _assign_bold_shares(fragments, parsed_page.word_cells, page_height)
+    return join_visual_lines(fragments)

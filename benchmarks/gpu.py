@@ -57,6 +57,8 @@ from pathlib import Path
 import torch
 from harness import model_flops, package_versions
 
+from newsllm_pipeline.device_memory import PEAK_KEY, peak_device_memory
+
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / ".gpu-bundle"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu.json"
@@ -200,15 +202,6 @@ def free_device_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def reset_peak(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_gib(device: str) -> float | None:
-    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.startswith("cuda") else None
-
-
 # ---------------------------------------------------------------------------------------------------- environment
 
 
@@ -261,11 +254,12 @@ class ExtensionBuild:
     own at the beginning, so it compiles while the GPU runs the other sections."""
 
     def __init__(self):
-        jobs = str(max(1, (os.cpu_count() or 2) - 2))  # leave cores for the process driving the GPU
+        # Half the cores: the process driving the GPU needs some (its kernel launches are single-threaded Python).
+        self.jobs = os.environ.get("MAX_JOBS", str(max(1, (os.cpu_count() or 2) // 2)))
         self.started = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-c", "import exllamav2, exllamav2.ext"],
-            env={**os.environ, "MAX_JOBS": os.environ.get("MAX_JOBS", jobs)},
+            env={**os.environ, "MAX_JOBS": self.jobs},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -279,6 +273,7 @@ class ExtensionBuild:
         self.result = {
             "ok": self.process.returncode == 0,
             "seconds": round(time.perf_counter() - self.started, 1),
+            "jobs": f"{self.jobs} compile jobs of {os.cpu_count()} cores, alongside the first sections",
             "log_tail": output[-3000:],
         }
 
@@ -368,39 +363,39 @@ def categorisation_run(ctx: Run, backend: str, model_dir: Path, dtype: str | Non
     prompt for every backend)."""
     device, texts = ctx.args.device, ctx.texts
     batch_sizes = (DEFAULT_BATCH_SIZE,) if backend == "exllamav2" else ctx.args.batch_sizes
-    reset_peak(device)
-    started = time.perf_counter()
-    categorizer = make_categorizer(backend, model_dir, dtype, device, batch_sizes[0])
-    run = {"backend": backend, "dtype": dtype or "float16", "load_s": round(time.perf_counter() - started, 1)}
-    if device.startswith("cuda"):
-        run["loaded_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)  # weights (and exllamav2's cache)
-    if backend == "transformers" and not flops:
-        flops.update(model_flops(categorizer, texts))
-    peak = ctx.peaks["bfloat16" if dtype == "bfloat16" else "float16"]
-    categorizer.categorize(texts[:10])  # warm-up: kernels, allocator
-    batch_seconds = []
-    for batch in range(5):
+    with peak_device_memory(device) as memory:
         started = time.perf_counter()
-        categorizer.categorize(texts[10 * batch : 10 * batch + 10])
-        synchronize(device)
-        batch_seconds.append(time.perf_counter() - started)
-    run["batch_of_10_items_per_s"] = round(10 / statistics.median(batch_seconds), 2)
-    run["backlog"] = []
-    for batch_size in batch_sizes:
-        categorizer.batch_size = batch_size
-        results, seconds = backlog(categorizer, texts, device, ctx.args.cap_s)
-        items_per_s = len(results) / seconds
-        run["backlog"].append(
-            {
-                "batch_size": batch_size,
-                "items": len(results),
-                "seconds": round(seconds, 2),
-                "items_per_s": round(items_per_s, 2),
-                "items_per_hour": round(items_per_s * 3600),
-                "mfu": round(items_per_s * flops["flop_per_item"] / (peak * 1e12), 4) if flops else None,
-            }
-        )
-    run["peak_memory_gib"] = peak_gib(device)
+        categorizer = make_categorizer(backend, model_dir, dtype, device, batch_sizes[0])
+        run = {"backend": backend, "dtype": dtype or "float16", "load_s": round(time.perf_counter() - started, 1)}
+        if device.startswith("cuda"):
+            run["loaded_gib"] = round(torch.cuda.memory_allocated() / 2**30, 2)  # weights (and exllamav2's cache)
+        if backend == "transformers" and not flops:
+            flops.update(model_flops(categorizer, texts))
+        peak = ctx.peaks["bfloat16" if dtype == "bfloat16" else "float16"]
+        categorizer.categorize(texts[:10])  # warm-up: kernels, allocator
+        batch_seconds = []
+        for batch in range(5):
+            started = time.perf_counter()
+            categorizer.categorize(texts[10 * batch : 10 * batch + 10])
+            synchronize(device)
+            batch_seconds.append(time.perf_counter() - started)
+        run["batch_of_10_items_per_s"] = round(10 / statistics.median(batch_seconds), 2)
+        run["backlog"] = []
+        for batch_size in batch_sizes:
+            categorizer.batch_size = batch_size
+            results, seconds = backlog(categorizer, texts, device, ctx.args.cap_s)
+            items_per_s = len(results) / seconds
+            run["backlog"].append(
+                {
+                    "batch_size": batch_size,
+                    "items": len(results),
+                    "seconds": round(seconds, 2),
+                    "items_per_s": round(items_per_s, 2),
+                    "items_per_hour": round(items_per_s * 3600),
+                    "mfu": round(items_per_s * flops["flop_per_item"] / (peak * 1e12), 4) if flops else None,
+                }
+            )
+    run["peak_memory_gib"] = memory.get(PEAK_KEY)
     run["errors"] = sum(not hasattr(result, "categoria") for result in results)
     run[PER_ITEM] = [(getattr(result, "categoria", None), top_two_gap(result)) for result in results]
     return run
@@ -511,14 +506,40 @@ def training_flops(peft_model, lengths: list[int], completion_share: float) -> d
     }
 
 
-def train(ctx: Run, label: str, precision_name: str, overrides: dict) -> None:
-    """Train the Phi-4-mini shape with `build_trainer` for warm-up + timed optimiser steps."""
+def step_timer(device: str, warmup_steps: int):
+    """A trainer callback that times the optimiser steps after `warmup_steps` (the device synchronised at both
+    ends), counts their real tokens (`TokenCounter`, attached to the model) and keeps the logged losses."""
     from transformers import TrainerCallback
 
+    from newsllm_pipeline.training.lora import TokenCounter
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.tokens, self.seconds, self.timed_tokens, self.losses, self.started = TokenCounter(), 0.0, 0, [], 0.0
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            synchronize(device)
+            self.tokens.real = self.tokens.processed = 0
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            synchronize(device)
+            if state.global_step > warmup_steps:
+                self.seconds += time.perf_counter() - self.started
+                self.timed_tokens += self.tokens.real
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(logs["loss"])
+
+    return StepTimer()
+
+
+def train(ctx: Run, label: str, precision_name: str, overrides: dict) -> None:
+    """Train the Phi-4-mini shape with `build_trainer` for warm-up + timed optimiser steps."""
     from newsllm_pipeline.training.lora import (
         PROFILES,
         Precision,
-        TokenCounter,
         build_trainer,
         learnable_records,
         lora_model,
@@ -532,62 +553,46 @@ def train(ctx: Run, label: str, precision_name: str, overrides: dict) -> None:
     shape_overrides = {**(args.tiny_training if args.tiny else {}), **overrides}
     settings = PROFILES["gpu"].with_overrides(max_steps=steps, save_steps=1_000_000, logging_steps=1, **shape_overrides)
     config = shape_config("phi-4-mini", args.tiny, ctx.vocab_floor)
-    reset_peak(args.device)
-    base = random_model(config, precision.base_dtype, args.device)
-    ctx.data["training"][label] = run = {
-        "shape": "phi-4-mini",
-        "model": model_entry(config, base),
-        "precision": precision_name,
-        "settings": {k: getattr(settings, k) for k in ("rank", "alpha", "learning_rate", "batch_size")}
-        | {
-            "gradient_accumulation_steps": settings.gradient_accumulation_steps,
-            "max_length": settings.max_length,
-            "gradient_checkpointing": settings.gradient_checkpointing,
-        },
-    }
-    if precision_name == "fp16" and not args.device.startswith("cuda"):
-        # fp16 autocast and loss scaling need CUDA: the CPU dry run checks the dtype plan only.
-        run["parameter_dtypes"] = parameter_dtypes(lora_model(base, settings))
-        run["skipped"] = "fp16 training needs CUDA (autocast with loss scaling); dtype plan only"
-        return
-    examples = settings.batch_size * settings.gradient_accumulation_steps * steps
-    records = long_records(ctx.texts, tokenizer, examples, settings.max_length)
-    learnable = learnable_records(records, tokenizer, settings.max_length)
-    lengths = [min(len(tokenized_ids(tokenizer, record)[1]), settings.max_length) for record in learnable.records]
-    counter, timing = TokenCounter(), {"seconds": 0.0, "tokens": 0, "started": 0.0, "losses": []}
-
-    class StepTimer(TrainerCallback):
-        def on_step_begin(self, args_, state, control, **kwargs):
-            synchronize(args.device)
-            counter.real = counter.processed = 0
-            timing["started"] = time.perf_counter()
-
-        def on_step_end(self, args_, state, control, **kwargs):
-            synchronize(args.device)
-            if state.global_step > args.warmup_steps:
-                timing["seconds"] += time.perf_counter() - timing["started"]
-                timing["tokens"] += counter.real
-
-        def on_log(self, args_, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                timing["losses"].append(logs["loss"])
-
-    with tempfile.TemporaryDirectory() as work_dir:
-        trainer = build_trainer(
-            base, tokenizer, learnable.records, settings, Path(work_dir), args.device, precision, [StepTimer()]
+    with peak_device_memory(args.device) as memory:
+        base = random_model(config, precision.base_dtype, args.device)
+        ctx.data["training"][label] = run = {
+            "shape": "phi-4-mini",
+            "model": model_entry(config, base),
+            "precision": precision_name,
+            "settings": {k: getattr(settings, k) for k in ("rank", "alpha", "learning_rate", "batch_size")}
+            | {
+                "gradient_accumulation_steps": settings.gradient_accumulation_steps,
+                "max_length": settings.max_length,
+                "gradient_checkpointing": settings.gradient_checkpointing,
+            },
+        }
+        if precision_name == "fp16" and not args.device.startswith("cuda"):
+            # fp16 autocast and loss scaling need CUDA: the CPU dry run checks the dtype plan only.
+            run["parameter_dtypes"] = parameter_dtypes(lora_model(base, settings))
+            run["skipped"] = "fp16 training needs CUDA (autocast with loss scaling); dtype plan only"
+            return
+        examples = settings.batch_size * settings.gradient_accumulation_steps * steps
+        learnable = learnable_records(
+            long_records(ctx.texts, tokenizer, examples, settings.max_length), tokenizer, settings.max_length
         )
-        counter.attach(trainer.model)
-        run["parameter_dtypes"] = parameter_dtypes(trainer.model)
-        flops = training_flops(trainer.model, lengths, learnable.completion_tokens / learnable.tokens)
-        trainer.train()
-        scaler = getattr(trainer.accelerator, "scaler", None)
-        run["loss_scale"] = scaler.get_scale() if scaler is not None else None
-        run["training_device"] = str(trainer.args.device)
-    tokens_per_s = timing["tokens"] / timing["seconds"]
+        lengths = [min(len(tokenized_ids(tokenizer, record)[1]), settings.max_length) for record in learnable.records]
+        timer = step_timer(args.device, args.warmup_steps)
+        with tempfile.TemporaryDirectory() as work_dir:
+            trainer = build_trainer(
+                base, tokenizer, learnable.records, settings, Path(work_dir), args.device, precision, [timer]
+            )
+            timer.tokens.attach(trainer.model)
+            run["parameter_dtypes"] = parameter_dtypes(trainer.model)
+            flops = training_flops(trainer.model, lengths, learnable.completion_tokens / learnable.tokens)
+            trainer.train()
+            scaler = getattr(trainer.accelerator, "scaler", None)
+            run["loss_scale"] = scaler.get_scale() if scaler is not None else None
+            run["training_device"] = {"device": str(trainer.args.device), "n_gpu": trainer.args.n_gpu}
+    tokens_per_s = timer.timed_tokens / timer.seconds
     peak = ctx.peaks["float16" if precision_name == "fp16" else "bfloat16"]
     run |= {
         "timed_steps": steps - args.warmup_steps,
-        "seconds": round(timing["seconds"], 2),
+        "seconds": round(timer.seconds, 2),
         "tokens_per_s": round(tokens_per_s, 1),
         "samples_per_s": round(tokens_per_s / flops["mean_length"], 3),
         "model_tflops_per_s": round(tokens_per_s * flops["model_flop_per_token"] / 1e12, 2),
@@ -595,8 +600,8 @@ def train(ctx: Run, label: str, precision_name: str, overrides: dict) -> None:
         "hardware_flops_utilisation": round(
             tokens_per_s * (flops["model_flop_per_token"] + flops["recompute_flop_per_token"]) / (peak * 1e12), 4
         ),
-        "peak_memory_gib": peak_gib(args.device),
-        "losses": timing["losses"],
+        "peak_memory_gib": memory.get(PEAK_KEY),
+        "losses": timer.losses,
         "flops": flops,
     }
 

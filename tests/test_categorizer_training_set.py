@@ -220,3 +220,11 @@ def test_review_command_imports_a_csv_and_reviews_one_item(tmp_path):
 
     assert runner.invoke(main, ["review", "1", "Farándula", "--url", url]).exit_code == 1
     assert runner.invoke(main, ["review", "--url", url]).exit_code == 2  # nothing to review: usage error
+
+
+def test_the_adapter_trains_on_each_item_with_its_summary_and_as_a_headline_alone():
+    from newsllm_pipeline.categorizer.adapter import with_headline_only
+
+    texts, labels = with_headline_only(["Gol en el descuento\nEl Betis gana la Copa", "Sube el IPC"], ["D", "E"])
+    assert texts == ["Gol en el descuento\nEl Betis gana la Copa", "Sube el IPC", "Gol en el descuento"]
+    assert labels == ["D", "E", "D"]

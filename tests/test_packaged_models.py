@@ -114,7 +114,8 @@ def test_models_cli_lists_both_packaged_models_and_prepares_the_one_asked_for(mo
 
     listed = CliRunner().invoke(main, ["models", "list"])
     assert listed.exit_code == 0, listed.output
-    assert "smollm2" in listed.output and "gemma3" in listed.output and "Gemma Terms of Use" in listed.output
+    assert "gemma3 (default for categoriser)" in listed.output and "smollm2 (default for generation)" in listed.output
+    assert "Gemma Terms of Use" in listed.output
     prepared = CliRunner().invoke(main, ["models", "prepare", "--model", "smollm2"])
     assert prepared.exit_code == 0 and f"smollm2 ready: {model_dir}" in prepared.output
     both = CliRunner().invoke(main, ["models", "prepare", "--model", "all", "--out", "/tmp/x"])

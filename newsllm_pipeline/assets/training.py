@@ -8,7 +8,13 @@ import pandas as pd
 from pydantic import Field
 
 from ..categorizer import Prediction
-from ..categorizer.adapter import PROMPT_SETTINGS, PromptSettings, accuracy_report, training_records
+from ..categorizer.adapter import (
+    PROMPT_SETTINGS,
+    PromptSettings,
+    accuracy_report,
+    training_records,
+    with_headline_only,
+)
 from ..categorizer.training_set import (
     EVAL_JSONL,
     TRAIN_JSONL,
@@ -55,9 +61,17 @@ class LoraTrainingConfig(dg.Config):
         return PROFILES[self.profile].with_overrides(**overrides)
 
 
+class DocumentTrainingConfig(LoraTrainingConfig):
+    # A few dozen passages of a few hundred tokens: one epoch is three steps and barely moves the held-out loss.
+    # Measured on the demo's three documents (2 cores, bf16): 3 epochs at the profile's lr 1e-3 take the held-out
+    # loss from 2.22 (base) to 2.03 in about 60 s; lr 5e-4 gives the same, 1 epoch only 2.13.
+    epochs: float | None = Field(default=3.0, description="Passes over the data")
+
+
 class CategorizerTrainingConfig(LoraTrainingConfig):
-    # Short examples (about 90 tokens, the category as the answer): more epochs, larger batches.
-    epochs: float | None = Field(default=4.0, description="Passes over the data")
+    # Short examples (about 90 tokens, the category as the answer; each item with its summary and as a headline
+    # alone, so twice the examples): more epochs, larger batches.
+    epochs: float | None = Field(default=2.0, description="Passes over the data")
     batch_size: int | None = Field(default=16, description="Examples per device step")
     max_length: int | None = Field(default=256, description="Tokens per example at most")
 
@@ -137,7 +151,7 @@ def _train(
 )
 def lora_adapter(
     context: dg.AssetExecutionContext,
-    config: LoraTrainingConfig,
+    config: DocumentTrainingConfig,
     lora_trainer: LoraTrainerResource,
     document_store: DocumentStore,
 ) -> dg.MaterializeResult:
@@ -171,7 +185,14 @@ def _answers_table(answers: list[dict], limit: int = 300) -> str:
 @dg.asset(
     group_name=GROUP,
     deps=[lora_adapter],
-    check_specs=[dg.AssetCheckSpec("adapter_beats_base", asset="adapter_evaluation")],
+    check_specs=[
+        dg.AssetCheckSpec(
+            "adapter_beats_base",
+            asset="adapter_evaluation",
+            description="The adapter's held-out loss is lower than the base model's (fails the run otherwise)",
+            blocking=True,
+        )
+    ],
     description="Held-out loss and perplexity of the base model and of the current adapter, and their answers "
     "to the first held-out questions side by side.",
 )
@@ -193,7 +214,7 @@ def adapter_evaluation(
                 dg.AssetCheckResult(
                     check_name="adapter_beats_base",
                     passed=False,
-                    severity=dg.AssetCheckSeverity.WARN,
+                    severity=dg.AssetCheckSeverity.ERROR,
                     description="the dataset has no held-out examples: add documents or raise eval_share",
                 )
             ],
@@ -221,7 +242,7 @@ def adapter_evaluation(
             dg.AssetCheckResult(
                 check_name="adapter_beats_base",
                 passed=comparison.improved,
-                severity=dg.AssetCheckSeverity.WARN,
+                severity=dg.AssetCheckSeverity.ERROR,
                 metadata={"base_loss": round(base.nll, 4), "adapter_loss": round(adapter.nll, 4)},
             )
         ],
@@ -280,7 +301,8 @@ def categorizer_adapter(
     # The adapter belongs to the categoriser's model, which may differ from the document adapters' base.
     base_model = resolve_model_dir(categorizer.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    records = training_records(tokenizer, [item.text for item in train], [item.categoria for item in train], prompt)
+    texts, labels = with_headline_only([item.text for item in train], [item.categoria for item in train])
+    records = training_records(tokenizer, texts, labels, prompt)
     run, memory = _train(
         context,
         config,

@@ -44,6 +44,15 @@ class PromptSettings:
         return cls(**{**payload, "categories": tuple(payload["categories"])})
 
 
+def with_headline_only(texts: Sequence[str], labels: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Each item as it is and, where it has a summary, its headline alone: the `noticias` table holds both kinds
+    (feeds with and without a lede), so the adapter learns from both. An item's text is the headline, a newline,
+    then the summary (`item_text`)."""
+    expanded = [(text, label) for text, label in zip(texts, labels, strict=True)]
+    expanded += [(text.split("\n", 1)[0], label) for text, label in zip(texts, labels, strict=True) if "\n" in text]
+    return [text for text, _ in expanded], [label for _, label in expanded]
+
+
 def training_records(tokenizer, texts: Sequence[str], labels: Sequence[str], settings: PromptSettings) -> list[dict]:
     """Plain-text prompt/completion records: the chat-templated prompt around the item (cut to max_item_tokens
     as the scorer cuts it) and the category as the completion."""

@@ -47,9 +47,7 @@ def expected_calibration_error(confidences: Sequence[float], correct: Sequence[b
     for index in range(bins):
         low, high = index / bins, (index + 1) / bins
         members = [
-            (c, ok)
-            for c, ok in zip(confidences, correct, strict=True)
-            if low < c <= high or (index == 0 and c == 0.0)
+            (c, ok) for c, ok in zip(confidences, correct, strict=True) if low < c <= high or (index == 0 and c == 0.0)
         ]
         if members:
             accuracy = sum(ok for _, ok in members) / len(members)

@@ -31,7 +31,7 @@ dev: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/categorize.py
-	$(PY) benchmarks/categorize_quality.py
+	$(PY) benchmarks/categorize.py --quality
 	$(PY) benchmarks/documents.py
 	$(PY) benchmarks/vision_server.py
 	$(PY) benchmarks/lora.py

@@ -12,10 +12,13 @@ machine's matmul throughput (fp32 and bf16) and counts the model FLOPs label sco
 the items/s ceiling on this machine and the share of it reached (utilisation).
 
     .venv/bin/python benchmarks/categorize.py [--items 200] [--model DIR] [--out PATH]
+    .venv/bin/python benchmarks/categorize.py --quality   # categorize_quality.py: both packaged models x methods
     make bench
 
 Items come from NEWSLLM_FEEDS (default: the sample feeds, data/feeds/*.xml). The results are written
-as JSON to --out (default benchmarks/results/categorize.json) and printed as a summary.
+as JSON to --out (default benchmarks/results/categorize.json) and printed as a summary; the quality
+section (`--quality`: accuracy, macro-F1 and ECE per packaged model x {few-shot, adapter} x {headline,
+headline + lede}) is kept in the same file when the speed comparison runs again.
 """
 
 from __future__ import annotations
@@ -212,6 +215,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})")
     parser.add_argument("--worker", choices=sorted(METHODS), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--quality", action="store_true", help="measure quality per packaged model and method instead (slow: trains)"
+    )
     args = parser.parse_args()
     if args.items < 1:
         parser.error("--items must be at least 1")
@@ -223,6 +229,13 @@ def main() -> None:
     if args.worker:
         print(json.dumps(run_worker(args.worker, args.model, json.load(sys.stdin))))
         return
+    if args.quality:
+        import categorize_quality  # the workers stay free of its imports (Dagster assets): their RSS is their own
+
+        quality = categorize_quality.evaluate(list(categorize_quality.PACKAGED_MODELS))
+        categorize_quality.merge_into(args.out, quality)
+        print(categorize_quality.summary(quality))
+        return
     model_dir = resolve_model_dir(args.model)
     texts, labels = load_items(args.items)
     # Before the workers, so nothing else competes for the cores.
@@ -230,6 +243,8 @@ def main() -> None:
     baseline = run_in_subprocess("baseline", model_dir, texts)
     ours = run_in_subprocess("ours", model_dir, texts)
     report = build_report(model_dir, texts, labels, matmul_gflops, baseline, ours)
+    if args.out.exists() and "quality" in (previous := json.loads(args.out.read_text())):
+        report["quality"] = previous["quality"]  # measured apart (--quality); kept until measured again
     write_report(report, args.out, summary(report))
 
 

@@ -11,6 +11,9 @@ python3 -c 'import pyarrow, sys; sys.exit(int(pyarrow.__version__.split(".")[0])
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
   "$BUNDLE"/wheels/*.whl "$datasets"/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+# exllamav2 compiles with ninja, which pip installed beside this python
+PATH="$(dirname "$(python3 -c 'import sys; print(sys.executable)')"):$PATH"
+export PATH
 {
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   echo "datasets from $datasets"

@@ -3,14 +3,26 @@ and every limit answers with the input and the reason. Database cases run on SQL
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import functools
 import http.server
+import io
 import json
+import re
+import socket
+import subprocess
+import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+import requests
 import sqlalchemy as sa
 from click.testing import CliRunner
+from PIL import Image
 
 from newsllm_pipeline import db
 from newsllm_pipeline.cli import main
@@ -309,3 +321,91 @@ def test_mark_reviewed_rejects_ids_outside_the_id_range(engine):
     db.insert_new(engine, sample_rows(1))
     result = db.mark_reviewed(engine, [(2**63, "Deportes"), (-1, "Deportes"), (1, "Deportes")])
     assert result.written == 1 and [r.key for r in result.rejected] == [2**63, -1]
+
+
+# The vision server: decoding waits for a slot, so memory follows max_concurrency -------------------------------
+
+SIZE_SERVER = """
+import sys
+from newsllm_pipeline.vision.server import ServerSettings, create_app, serve
+
+class SizeDescriber:  # instant, so the test measures the server's own decoding
+    name = "tamaño"
+
+    def describe_picture(self, picture, prompt):
+        return "x".join(map(str, picture.size))
+
+settings = ServerSettings(model="tamaño", max_concurrency=2)
+serve(create_app(SizeDescriber(), None, settings), "127.0.0.1", int(sys.argv[1]))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
+
+
+@contextlib.contextmanager
+def _size_server():
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-c", SIZE_SERVER, str(port)], stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(f"{url}/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the vision server did not start") from None
+                time.sleep(0.1)
+        yield url, server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak RSS from /proc")
+def test_vision_server_memory_follows_max_concurrency_not_the_requests_in_flight():
+    side, requests_at_once = 5000, 12
+    png = io.BytesIO()
+    Image.new("RGB", (side, side), (200, 30, 30)).save(png, "PNG")  # about 75 KB on the wire
+    decoded_mb = side * side * 4 / MB  # Pillow holds RGB in 4 bytes a pixel
+    body = {"image": base64.b64encode(png.getvalue()).decode(), "text": "?"}
+    with _size_server() as (url, pid):
+        post = functools.partial(requests.post, f"{url}/analyze_base64", json=body, timeout=120)
+        assert post().json()["response"] == "1536x1536"
+        after_one = _peak_rss_mb(pid)
+        with ThreadPoolExecutor(requests_at_once) as pool:
+            answers = list(pool.map(lambda _: post(), range(requests_at_once)))
+        growth = _peak_rss_mb(pid) - after_one
+    assert [answer.status_code for answer in answers] == [200] * requests_at_once
+    # Two slots: about one more decoded picture than the single request held (145 MB measured for 95 MB
+    # pictures); decoding outside the slots held all twelve at once (2,442 MB measured).
+    assert growth < 3 * decoded_mb, f"peak RSS grew {growth:.0f} MB under {requests_at_once} requests"
+
+
+class _SizeDescriber:
+    name = "tamaño"
+
+    def describe_picture(self, picture, prompt):
+        return "x".join(map(str, picture.size))
+
+
+@pytest.mark.parametrize("body", ["[" * 100_000 + "]" * 100_000, '{"a": ' * 50_000 + "1" + "}" * 50_000, "[]", '"x"'])
+def test_deep_or_non_object_json_bodies_get_a_400_in_each_apis_error_shape(body):
+    from newsllm_pipeline.vision.server import create_app, running_in_thread
+
+    with running_in_thread(create_app(_SizeDescriber(), None)) as url:
+        original = requests.post(f"{url}/analyze_base64", data=body, timeout=30)
+        openai = requests.post(f"{url}/v1/chat/completions", data=body, timeout=30)
+    assert original.status_code == 400 and original.json()["success"] is False
+    assert "JSON" in original.json()["error"]
+    assert openai.status_code == 400 and openai.json()["error"]["type"] == "invalid_request_error"

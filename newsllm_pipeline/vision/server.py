@@ -10,9 +10,12 @@
 
 Every path but `/` and `/health` needs `Authorization: Bearer <token>`; the token is compared in constant time
 and never logged (the log has method, path, status and milliseconds only). The describer runs in a thread pool
-behind a semaphore of `max_concurrency` slots, so the event loop keeps answering while it works; images are
-decoded in threads too. Bad client input (no image, a format outside JPG/PNG/BMP/TIFF/GIF, corrupt bytes, a
-decompression bomb, an oversized upload) is a 4xx with the reason; only a describer failure is a 5xx.
+behind a semaphore of `max_concurrency` slots, so the event loop keeps answering while it works. An image is
+checked (format, declared size, structure) before it waits and decoded only inside a slot: a request waiting
+holds its bytes (at most `max_upload_bytes`, `max_waiting` requests), and decoded pixels are bounded by
+`max_concurrency` × `max_pixels` × 4 bytes (160 MB a slot at the defaults). Bad client input (no image, a format
+outside JPG/PNG/BMP/TIFF/GIF, corrupt bytes, a decompression bomb, an oversized upload, JSON that is not an
+object or is nested too deeply) is a 4xx with the reason; only a describer failure is a 5xx.
 """
 
 from __future__ import annotations
@@ -121,8 +124,19 @@ class ReceivedImage:
         }
 
 
-def load_picture(data: bytes, settings: ServerSettings) -> ReceivedImage:
-    """The uploaded bytes as a picture ready for the describer, judged by content (not by any file name).
+@dataclass(frozen=True)
+class Upload:
+    """An image as received, checked (format, declared size, structure) but not decoded: what a request
+    holds while it waits for a slot, so waiting costs its bytes and not its pixels."""
+
+    data: bytes
+    format: str
+    width: int
+    height: int
+
+
+def check_upload(data: bytes, settings: ServerSettings) -> Upload:
+    """The uploaded bytes judged by content (not by any file name), without decoding the pixels.
     Raises ServiceError (400, 413 for size) with the reason."""
     if not data:
         raise ServiceError("the image is empty (0 bytes)", code="invalid_image")
@@ -144,18 +158,37 @@ def load_picture(data: bytes, settings: ServerSettings) -> ReceivedImage:
                     code="image_too_large",
                 )
             opened.verify()  # checksums and structure, without decoding
-        with Image.open(io.BytesIO(data)) as opened:  # verify() leaves the image unusable: open it again
-            opened.load()
-            picture = rgb_on_white(opened)
     except ServiceError:
         raise
     except Image.UnidentifiedImageError as error:
         raise ServiceError(f"not an image in a known format: send {ACCEPTED_NAMES}", code="invalid_image") from error
     except Exception as error:  # any decoder failure on the client's bytes is bad input, never a server fault
         raise ServiceError(f"not a readable image: {error}", code="invalid_image") from error
-    if max(picture.size) > settings.max_side:
-        picture.thumbnail((settings.max_side, settings.max_side), Image.Resampling.LANCZOS)
-    return ReceivedImage(picture, kind, width, height, len(data))
+    return Upload(data, kind, width, height)
+
+
+def decode_upload(upload: Upload, settings: ServerSettings) -> ReceivedImage:
+    """The pixels, ready for the describer. Run only inside a describer slot: the full-size picture takes up
+    to `max_pixels` × 4 bytes in memory, whatever its size on the wire, and is scaled down before any copy."""
+    try:
+        with Image.open(io.BytesIO(upload.data)) as opened:
+            if opened.mode not in _COARSELY_RESIZED_MODES:
+                _fit(opened, settings.max_side)  # decodes (JPEG at a reduced scale) and shrinks in place
+            opened.load()
+            picture = rgb_on_white(opened)
+    except Exception as error:  # verify() passed, but the pixel data itself can still be corrupt
+        raise ServiceError(f"not a readable image: {error}", code="invalid_image") from error
+    _fit(picture, settings.max_side)
+    return ReceivedImage(picture, upload.format, upload.width, upload.height, len(upload.data))
+
+
+_COARSELY_RESIZED_MODES = ("1", "P", "PA")  # Pillow resizes these with NEAREST: convert them to RGB first
+
+
+def _fit(picture: Image.Image, max_side: int) -> None:
+    """Scale `picture` down in place so its longer side is at most `max_side`."""
+    if max(picture.size) > max_side:
+        picture.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
 
 
 def decode_image_field(value: object) -> bytes:
@@ -185,6 +218,8 @@ def _json_object(body: bytes) -> dict:
         payload = json.loads(body)
     except ValueError as error:
         raise ServiceError(f"the body is not valid JSON ({error})") from error
+    except RecursionError as error:  # the parser recurses once per nesting level
+        raise ServiceError("the body is not valid JSON here: it is nested too deeply") from error
     if not isinstance(payload, dict):
         raise ServiceError("the body must be a JSON object")
     return payload
@@ -293,11 +328,12 @@ class VisionService:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def describe(self, read_request, request: Request) -> Description:
-        """Read the question and the image with `read_request` (in a thread: decoding is CPU work), then run
-        the describer in a free slot."""
+        """Read the question and check the image with `read_request` (in a thread), then, in a free slot,
+        decode it and run the describer. Decoding waits for the slot too: a small PNG can decode to hundreds of
+        megabytes, so pixels in memory are bounded by `max_concurrency`, not by the requests in flight."""
         started = time.perf_counter()
-        prompt, image = await read_request(request)
-        decoded = time.perf_counter()
+        prompt, upload = await read_request(request)
+        checked = time.perf_counter()
         if self.counts.waiting >= self.settings.max_waiting:
             raise ServiceError(f"the server is busy ({self.counts.waiting} requests waiting): retry later", 503, "busy")
         self.counts.waiting += 1
@@ -310,11 +346,15 @@ class VisionService:
         self.counts.peak_running = max(self.counts.peak_running, self.counts.running)
         try:
             loop = asyncio.get_running_loop()
+            image = await loop.run_in_executor(self._executor, decode_upload, upload, self.settings)
+            decoded = time.perf_counter()
             text = await loop.run_in_executor(self._executor, self.describer.describe_picture, image.picture, prompt)
+        except ServiceError:
+            raise
         except DescriptionError as error:
             raise ServiceError(f"the model could not describe the image: {error}", 500, "describer_error") from error
         except Exception as error:
-            log.exception("the describer failed on a %s image", image.format)
+            log.exception("the describer failed on a %s image", upload.format)
             raise ServiceError(
                 f"the describer failed ({type(error).__name__}); see the server log", 500, "describer_error"
             ) from error
@@ -322,13 +362,12 @@ class VisionService:
             self.counts.running -= 1
             self._slots.release()
         finished = time.perf_counter()
-        return Description(
-            text, prompt, image, decoded - started, queued - decoded, finished - queued, finished - started
-        )
+        decode_s = (checked - started) + (decoded - queued)
+        return Description(text, prompt, image, decode_s, queued - checked, finished - decoded, finished - started)
 
     # Readers: (question, image) from each kind of request --------------------------------------------------
 
-    async def read_multipart(self, request: Request) -> tuple[str, ReceivedImage]:
+    async def read_multipart(self, request: Request) -> tuple[str, Upload]:
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise ServiceError("send multipart/form-data with an `image` file and a `text` field")
         async with request.form(max_files=1, max_fields=8, max_part_size=MB) as form:
@@ -337,27 +376,27 @@ class VisionService:
                 raise ServiceError("no `image` file in the form", code="missing_image")
             data = await upload.read()
             prompt = _question(form.get("text"), self.settings.default_prompt)
-        return prompt, await run_in_threadpool(load_picture, data, self.settings)
+        return prompt, await run_in_threadpool(check_upload, data, self.settings)
 
-    async def read_base64(self, request: Request) -> tuple[str, ReceivedImage]:
+    async def read_base64(self, request: Request) -> tuple[str, Upload]:
         body = await request.body()
 
-        def parse() -> tuple[str, ReceivedImage]:
+        def parse() -> tuple[str, Upload]:
             payload = _json_object(body)
             if "image" not in payload:
                 raise ServiceError("no `image` in the JSON body", code="missing_image")
             data = decode_image_field(payload["image"])
-            return _question(payload.get("text"), self.settings.default_prompt), load_picture(data, self.settings)
+            return _question(payload.get("text"), self.settings.default_prompt), check_upload(data, self.settings)
 
         return await run_in_threadpool(parse)
 
-    async def read_chat(self, request: Request) -> tuple[str, ReceivedImage]:
+    async def read_chat(self, request: Request) -> tuple[str, Upload]:
         body = await request.body()
 
-        def parse() -> tuple[str, ReceivedImage]:
+        def parse() -> tuple[str, Upload]:
             model, prompt, data = chat_request(_json_object(body))
             request.state.model = model
-            return prompt or self.settings.default_prompt, load_picture(data, self.settings)
+            return prompt or self.settings.default_prompt, check_upload(data, self.settings)
 
         return await run_in_threadpool(parse)
 
@@ -575,6 +614,12 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
     )
 
 
+async def _unexpected_error(request: Request, error: Exception) -> Response:
+    """A bug, not the client's fault: a 500 in the API's error shape, the traceback in the log only."""
+    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
+    return error_response(request.url.path, 500, "internal server error; see the server log", "internal_error")
+
+
 def create_app(describer: PictureDescriber, token: str | None, settings: ServerSettings | None = None) -> Starlette:
     """The ASGI app around `describer` (already loaded). `token` None serves without authentication."""
     if token is not None and not token.strip():
@@ -593,7 +638,7 @@ def create_app(describer: PictureDescriber, token: str | None, settings: ServerS
     app = Starlette(
         routes=routes,
         middleware=[Middleware(_Gate, service=service, token=token)],
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected_error},
         lifespan=service.lifespan,
     )
     app.state.service = service

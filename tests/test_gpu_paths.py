@@ -187,6 +187,7 @@ def test_gpu_training_steps_report_their_peak_device_memory(model_dir, tmp_path)
         [training_assets.lora_adapter, training_assets.adapter_evaluation],
         resources={"lora_trainer": trainer, "document_store": store},
         run_config=run_config,
+        raise_on_error=False,  # adapter_beats_base blocks the run when a two-step adapter loses; not measured here
     )
     for step in ("lora_adapter", "adapter_evaluation"):
         metadata = result.asset_materializations_for_node(step)[0].metadata

@@ -4,6 +4,7 @@ the files land complete or not at all."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -15,8 +16,10 @@ from newsllm_pipeline.documents import dataset as dataset_module
 from newsllm_pipeline.documents.dataset import (
     FIGURE_MARKER,
     Example,
+    answer_defects,
     build_dataset,
     examples_from_sections,
+    sentences,
     split_sections,
     write_dataset,
 )
@@ -108,18 +111,72 @@ def test_nested_headings_skip_empty_sections_and_drop_images():
     assert "<!--" not in pictures[0].text
 
 
-def test_examples_are_within_bounds_and_cut_at_sentences():
-    examples = reference_examples()
-    assert len(examples) == 12
-    assert all(example.instruction and example.input == "" for example in examples)
-    assert all(40 <= len(example.output) <= 2000 for example in examples)
-    assert all(f"«{example.section}»" in example.instruction for example in examples)
-    assert len({re.sub("«[^»]*»", "", example.instruction) for example in examples}) >= 3  # templates vary
-    assert examples == reference_examples()  # template choice is deterministic
+def test_passages_are_whole_sentences_within_bounds_and_cover_each_section():
+    sections = [
+        section
+        for name in ("multi_page", "picture_classification")
+        for section in split_sections(name, reference(name))
+    ]
+    for max_chars in (1200, 300):
+        examples = reference_examples(max_output_chars=max_chars)
+        assert all(example.instruction and example.input == "" for example in examples)
+        assert all(40 <= len(example.output) <= max_chars for example in examples)
+        assert all(f"«{example.section}»" in example.instruction for example in examples)
+        assert answer_defects(examples, sections).passed  # nothing cut inside a word
+        for section in sections:
+            passages = [
+                example.output
+                for example in examples
+                if example.section == section.heading and not example.instruction.startswith("Resume")
+            ]
+            # In order and whole: joined back they are the section (cuts only between sentences or paragraphs).
+            assert " ".join(" ".join(passages).split()) == " ".join(section.text.split())
     short = reference_examples(max_output_chars=300)
-    assert all(len(example.output) <= 300 and re.search(r"[a-z]\.$", example.output) for example in short)
-    sections = split_sections("picture_classification", reference("picture_classification"))
-    assert sections[0].text.startswith(short[-1].output)
+    assert len(short) > len(reference_examples())  # long sections give several examples
+    assert len({re.sub("«[^»]*»", "", example.instruction) for example in short}) >= 3  # templates vary
+    assert short == reference_examples(max_output_chars=300)  # deterministic
+    parts = [example.instruction for example in short if "(parte " in example.instruction]
+    assert "Explica «Figures Example» (parte 12 de 12) según el documento «picture_classification»." in parts
+
+
+def test_a_summary_instruction_gets_the_key_sentences_of_its_section():
+    sections = {section.heading: section for section in split_sections("multi_page", reference("multi_page"))}
+    summaries = {
+        e.section: e.output
+        for e in reference_examples()
+        if e.instruction.startswith("Resume") and e.document == "multi_page"
+    }
+    assert summaries  # sections with four sentences of prose or more
+    for heading, summary in summaries.items():
+        text = sections[heading].text
+        chosen = sentences(summary)
+        assert 2 <= len(chosen) <= 3 and len(summary) <= 0.6 * len(text)
+        assert all(sentence in text for sentence in chosen)  # extractive: whole sentences of the section
+    # A section of three sentences or fewer has nothing to summarise: no "Resume" instruction for it.
+    short = [heading for heading, section in sections.items() if len(sentences(section.text)) < 4]
+    assert short and not set(short) & set(summaries)
+    future = summaries["Future of Word Processing"]
+    assert future.startswith("Today, word processors are more than just tools for typing.")
+
+
+def test_answers_cut_inside_a_word_or_made_from_a_template_are_caught():
+    sections = split_sections("multi_page", reference("multi_page"))
+    whole = examples_from_sections(sections)
+    assert answer_defects(whole, sections).passed
+    birth = next(example for example in whole if "Birth of Word Processing" in example.section)
+    cut = dataclasses.replace(birth, output=birth.output[:200].rstrip())
+    marked = dataclasses.replace(birth, instruction="marcado", output=birth.output[:120].rstrip() + "…")
+    pixels = dataclasses.replace(
+        birth,
+        instruction="plantilla",
+        output='Imagen de 221 × 190 píxeles en la que predominan el blanco y el gris. Texto legible: "14".',
+    )
+    assert birth.output[200].isalpha() and birth.output[199].isalpha()  # the cut is inside a word
+    defects = answer_defects([*whole, cut, marked, pixels], sections)
+    assert defects.cut_mid_word == (cut.instruction, "marcado")
+    assert defects.templates == ("plantilla",) and not defects.passed
+    sentence_end = dataclasses.replace(birth, output=sentences(birth.output)[0])
+    assert answer_defects([sentence_end], sections).passed
 
 
 def test_figure_descriptions_become_image_examples():
@@ -134,7 +191,7 @@ def test_figure_descriptions_become_image_examples():
     assert by_section["Informe de lluvias › 1 Datos"].uses_image_description
     assert not by_section["Informe de lluvias › 2 Conclusiones"].uses_image_description
     stats = build_dataset(examples).stats
-    assert stats.image_description_share == pytest.approx(4 / 6)
+    assert stats.image_description_share == pytest.approx(4 / len(examples))
 
 
 def test_duplicates_are_removed_and_counted():
@@ -148,28 +205,35 @@ def test_duplicates_are_removed_and_counted():
         uses_image_description=False,
     )
     dataset = build_dataset(examples + examples + [renamed])
-    assert dataset.stats.examples == 12 and dataset.stats.duplicates_removed == 13
-    assert len(dataset.train) + len(dataset.eval) == 12
+    count = len(examples)
+    assert dataset.stats.examples == count and dataset.stats.duplicates_removed == count + 1
+    assert len(dataset.train) + len(dataset.eval) == count
     kept = dataset.train + dataset.eval
-    assert len({example.instruction for example in kept}) == len({example.output for example in kept}) == 12
+    assert len({example.instruction for example in kept}) == len({example.output for example in kept}) == count
     assert dataset.stats.output_chars_p10 <= dataset.stats.output_chars_p50 <= dataset.stats.output_chars_p90
 
 
-def test_the_split_is_deterministic_and_stable_when_documents_are_added():
-    before = build_dataset(reference_examples())
-    assert before == build_dataset(reference_examples())
-    after = build_dataset(reference_examples() + described_examples())
+def test_the_split_holds_out_whole_sections_and_is_stable_when_documents_are_added():
+    before = build_dataset(reference_examples(), eval_share=0.3)
+    assert before == build_dataset(reference_examples(), eval_share=0.3) and before.eval
+    held_out = {(example.document, example.section) for example in before.eval}
+    assert not held_out & {(example.document, example.section) for example in before.train}
+    after = build_dataset(reference_examples() + described_examples(), eval_share=0.3)
     assert set(before.train) <= set(after.train) and set(before.eval) <= set(after.eval)
-    assert after.stats.examples == before.stats.examples + 6
+    assert after.stats.examples == before.stats.examples + len(described_examples())
 
 
-def test_the_split_is_roughly_the_eval_share():
+def test_the_split_is_roughly_the_eval_share_of_sections_and_never_empty_with_two_sections():
     examples = [
-        Example(f"Pregunta {number}", "", f"Respuesta número {number}.", "doc", "s", False) for number in range(3000)
+        Example(f"Pregunta {number}", "", f"Respuesta número {number}.", "doc", f"s{number}", False)
+        for number in range(3000)
     ]
     dataset = build_dataset(examples, eval_share=0.1)
     assert 0.08 <= len(dataset.eval) / len(examples) <= 0.12
     assert build_dataset(examples, seed=14).eval != dataset.eval
+    pair = build_dataset(examples[:2], eval_share=0.01)  # no hash under 1 %: the lowest is held out
+    assert len(pair.train) == len(pair.eval) == 1
+    assert not build_dataset(examples[:2], eval_share=0).eval and not build_dataset(examples[:1]).eval
 
 
 def test_write_dataset_produces_matching_jsonl_parquet_and_dataset_info(tmp_path):

@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
+import dagster as dg
+import pytest
 import sqlalchemy as sa
 
 from newsllm_pipeline import db
+from newsllm_pipeline.assets import documents as document_assets
+from newsllm_pipeline.demo import DemoStepFailed, process_documents
+from newsllm_pipeline.jobs.documents import process_documents_job, raw_documents_sensor, training_dataset_job
+from newsllm_pipeline.resources.documents import (
+    DoclingConverterResource,
+    DocumentStore,
+    ImageDescriberResource,
+    TextGeneratorResource,
+)
 from tests.conftest import FEEDS
+from tests.test_dataset import SHARED_PDFS
 
 
 def test_demo_ingests_categorises_through_the_sensor_and_reports(tmp_path, model_dir):
@@ -33,3 +46,31 @@ def test_demo_ingests_categorises_through_the_sensor_and_reports(tmp_path, model
     with db.create_db_engine(f"sqlite:///{database}").connect() as conn:
         categories = conn.execute(sa.select(db.noticias.c.llm_categoria)).scalars().all()
     assert len(categories) == 5 and all(categories)
+
+
+def test_a_document_that_fails_fails_the_demo_after_the_others_are_processed(tmp_path, model_dir):
+    inbox = tmp_path / "raw_pdfs"
+    inbox.mkdir()
+    shutil.copy(SHARED_PDFS / "multi_page.pdf", inbox)
+    (inbox / "roto.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 20)
+    store = DocumentStore(
+        inbox_dir=str(inbox), work_dir=str(tmp_path / "documents"), dataset_dir=str(tmp_path / "dataset")
+    )
+    defs = dg.Definitions(
+        assets=dg.load_assets_from_modules([document_assets]),
+        jobs=[process_documents_job, training_dataset_job],
+        sensors=[raw_documents_sensor],
+        resources={
+            "document_store": store,
+            "docling_converter": DoclingConverterResource(mode="offline"),
+            "image_describer": ImageDescriberResource(backend="ocr"),
+            "text_generator": TextGeneratorResource(model_dir=model_dir),
+        },
+    )
+    lines: list[str] = []
+    with dg.instance_for_test() as instance, pytest.raises(DemoStepFailed, match="roto_pdf: .*roto.pdf"):
+        process_documents(defs, instance, lines.append)
+    assert any(line.startswith("  multi_page_pdf: done") for line in lines)
+    assert any(line.startswith("  roto_pdf: FAILED") for line in lines)
+    assert (tmp_path / "documents" / "multi_page_pdf" / "texto_final.md").exists()
+    assert not (tmp_path / "dataset").exists()  # the dataset is not built from a partial inbox

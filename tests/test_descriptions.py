@@ -1,5 +1,6 @@
-"""Picture descriptions: real OCR on rendered Spanish text, the OpenAI-compatible backend against a real local HTTP
-server, and a batch with a good, a tiny and a corrupt picture written to JSON and Markdown."""
+"""Picture descriptions: the OCR describer on the figures of real PDFs with what the document says around them,
+the description rules on their own, the OpenAI-compatible backend against a real local HTTP server, and a batch
+with a good, a tiny, a textless and a corrupt picture written to JSON and Markdown."""
 
 from __future__ import annotations
 
@@ -8,19 +9,29 @@ import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from newsllm_pipeline.documents.chain import describe_document_images, figure_contexts
+from newsllm_pipeline.documents.conversion import convert_document, offline_converter
 from newsllm_pipeline.documents.descriptions import (
     DEFAULT_PROMPT,
+    NO_TEXT,
     DescriptionError,
+    FigureContext,
+    NoUsableDescription,
     OcrDescriber,
+    OcrLine,
     OpenAIDescriber,
     describe_images,
+    figure_description,
     write_descriptions,
 )
 from tests.conftest import banner
+
+SHARED_PDFS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pdfs"
 
 
 @pytest.fixture(scope="module")
@@ -28,20 +39,80 @@ def ocr():
     return OcrDescriber()
 
 
-def test_ocr_description_reads_the_text_and_names_size_and_colours(ocr, tmp_path):
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """picture_classification (a bar chart and a map, each with a caption) and misdirection_es (two drawings with
+    text set over them in the PDF, two without words), converted offline."""
+    out = tmp_path_factory.mktemp("converted")
+    converter = offline_converter()
+    return {
+        name: convert_document(SHARED_PDFS / f"{name}.pdf", out / name, converter).folder
+        for name in ("picture_classification", "misdirection_es")
+    }
+
+
+def test_a_chart_and_a_map_are_described_from_caption_and_legible_text_not_pixels(ocr, converted):
+    run = describe_document_images(converted["picture_classification"], ocr, DEFAULT_PROMPT)
+    chart, map_ = (description.text for description in run.descriptions)
+    assert chart.startswith("Gráfico: This is an example image.")  # the caption, without "Figure 1:"
+    assert "Eje: «Plot number proportions (%)»" in chart and "Valores de 0 a 100" in chart
+    assert "Rótulos: Institutional, residential, commercial, community park, municipal park" in chart
+    assert map_.startswith("Mapa: This is an example image. Título: «Florida Power Plant Location Map»")
+    assert not any("píxeles" in text or "predomina" in text for text in (chart, map_))
+
+
+def test_text_set_over_a_drawing_is_used_and_drawings_without_words_are_left_out(ocr, converted):
+    folder = converted["misdirection_es"]
+    contexts = figure_contexts(folder)
+    inner = [context.inner_text for context in contexts.values()]
+    assert inner[0] == "El mago mira a los espectadores mientras hace técnicas ocultas"
+    assert inner[1].startswith("Los espectadores se sienten mirados y dividen su") and inner[2:] == ["", ""]
+    run = describe_document_images(folder, ocr, DEFAULT_PROMPT)
+    first = run.descriptions[0].text
+    assert first.startswith("Figura con el texto «El mago mira a los espectadores mientras hace técnicas ocultas».")
+    assert "Acompaña al pasaje «" in first  # where it sits in the document
+    assert len(run.descriptions) == 2 and len(run.undescribed) == 2 and not run.failed  # "14", "20 C)": no words
+    assert [Path(image).name[:12] for image in run.undescribed] == ["image_000002", "image_000003"]
+
+
+def line(text: str, left: float, top: float, right: float, bottom: float) -> OcrLine:
+    return OcrLine(text, left, top, right, bottom)
+
+
+def test_caption_and_the_sentence_that_mentions_the_figure_say_what_it_shows():
+    context = FigureContext(
+        caption="Figura 2: Ventas por trimestre, 2023–2024",
+        before="Las ventas crecieron todo el año. Como muestra el gráfico de barras de la figura 2, el cuarto "
+        "trimestre fue el mejor.",
+        after="El informe sigue con los costes.",
+    )
+    ticks = [line(str(value), 0, 200 - value, 20, 210 - value) for value in (0, 50, 100, 150)]
+    labels = [line("1T 2023", 30, 215, 70, 225), line("2T 2023", 80, 215, 120, 225)]
+    assert figure_description(ticks + labels, context) == (
+        "Gráfico de barras: Ventas por trimestre, 2023–2024. Valores de 0 a 150. Rótulos: 1T 2023, 2T 2023. "
+        "El documento dice: «Como muestra el gráfico de barras de la figura 2, el cuarto trimestre fue el mejor.»."
+    )
+
+
+def test_nothing_usable_gives_no_description():
+    stray = [line("14", 200, 260, 230, 300)]
+    assert figure_description(stray, FigureContext(before="Un párrafo que trata de otra cosa.")) is None
+    assert figure_description([]) is None
+    mentioned = FigureContext(after="La figura muestra el reparto de escaños.")
+    assert figure_description(stray, mentioned) == (
+        "Figura. El documento dice: «La figura muestra el reparto de escaños.»."
+    )
+
+
+def test_the_ocr_describer_reads_a_picture_on_its_own_as_the_vision_server_hands_it(ocr, tmp_path):
     image = banner(tmp_path / "grafico.png", ["Presupuestos 2024", "Gasto en sanidad"])
     text = ocr.describe(image, DEFAULT_PROMPT)
-    assert text.startswith("Imagen de 640 × 480 píxeles")
-    assert "el blanco" in text and "el azul" in text
-    assert "Presupuestos 2024" in text and "sanidad" in text
-
-
-def test_ocr_description_of_a_blank_picture_says_there_is_no_text(ocr, tmp_path):
-    image = tmp_path / "blanco.png"
-    Image.new("RGB", (200, 120), "white").save(image)
-    assert ocr.describe(image, DEFAULT_PROMPT) == (
-        "Imagen de 200 × 120 píxeles en la que predomina el blanco. No contiene texto legible."
-    )
+    assert text.startswith("Figura con el texto «") and "Presupuestos 2024" in text and "sanidad" in text
+    blank = tmp_path / "blanco.png"
+    Image.new("RGB", (200, 120), "white").save(blank)
+    with pytest.raises(NoUsableDescription, match="blanco.png: no caption, no legible text"):
+        ocr.describe(blank, DEFAULT_PROMPT)
+    assert ocr.describe_picture(Image.new("RGB", (200, 120), "white"), DEFAULT_PROMPT) == NO_TEXT
 
 
 class _FakeVisionServer:
@@ -135,14 +206,20 @@ def test_a_batch_describes_good_pictures_skips_tiny_ones_and_records_failures(oc
     good = banner(tmp_path / "grafico.png", ["Presupuestos 2024"])
     tiny = tmp_path / "icono.png"
     Image.new("RGB", (16, 300), "red").save(tiny)
+    blank = tmp_path / "blanco.png"
+    Image.new("RGB", (200, 120), "white").save(blank)
     corrupt = tmp_path / "roto.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"esto no es una imagen" * 10)
+    contexts = {"grafico.png": FigureContext(caption="Figura 1: Presupuesto municipal por áreas")}
 
-    run = describe_images([good, tiny, corrupt], ocr)
+    run = describe_images([good, tiny, blank, corrupt], ocr, contexts=contexts)
 
     assert [description.image for description in run.descriptions] == [str(good)]
-    assert "Presupuestos 2024" in run.descriptions[0].text and run.descriptions[0].backend == "rapidocr"
-    assert run.skipped == [str(tiny)]
+    assert run.descriptions[0].text == (
+        "Figura: Presupuesto municipal por áreas. Texto de la figura: «Presupuestos 2024»."
+    )
+    assert run.descriptions[0].backend == "rapidocr"
+    assert run.skipped == [str(tiny)] and run.undescribed == [str(blank)]
     assert list(run.failed) == [str(corrupt)] and "roto.png" in run.failed[str(corrupt)]
 
     out_dir = tmp_path / "descripciones"

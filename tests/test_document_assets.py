@@ -99,8 +99,16 @@ def test_two_document_backfill_a_corrupt_one_fails_alone_and_the_dataset_is_buil
         assert metadata["documents"].value == 2 and metadata["train"].value > 0
         checks = {check.check_name: check.passed for check in dataset.get_asset_check_evaluations()}
         assert checks == dict.fromkeys(
-            ["not_empty", "no_duplicate_instructions", "output_lengths_within_bounds", "uses_image_descriptions"], True
+            [
+                "not_empty",
+                "no_duplicate_instructions",
+                "output_lengths_within_bounds",
+                "answers_whole_and_not_templates",
+                "uses_image_descriptions",
+            ],
+            True,
         )
+        assert metadata["eval"].value > 0  # whole sections held out
         assert (Path(store.dataset_dir) / "train.jsonl").exists()
         assert (Path(store.dataset_dir) / "dataset_info.json").exists()
 
@@ -115,6 +123,22 @@ def test_two_document_backfill_a_corrupt_one_fails_alone_and_the_dataset_is_buil
         chunks = metadata["chunks"].value
         assert chunks > 0
         assert chunks == sum(metadata[key].value for key in ("kept", "unparseable", "ungrounded", "invalid"))
+
+
+def test_a_dataset_of_template_answers_fails_its_check_and_is_not_written(store, resources):
+    """The described Markdown the old describer wrote for misdirection_es ("Imagen de 221 × 190 píxeles…")."""
+    old = (Path(__file__).parent / "data" / "documents" / "misdirection_old_describer.md").read_text(encoding="utf-8")
+    folder = Path(store.work_dir) / "misdirection_es_pdf"
+    folder.mkdir(parents=True)
+    (folder / "texto_final.md").write_text(old, encoding="utf-8")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("documents", ["misdirection_es_pdf"])
+        result = dg.materialize([training_dataset], instance=instance, resources=resources, raise_on_error=False)
+    assert not result.success  # the check blocks: nothing downstream trains on it
+    check = next(c for c in result.get_asset_check_evaluations() if c.check_name == "answers_whole_and_not_templates")
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.metadata["templates"].value == 6  # the four figure questions and the two passages quoting them
+    assert not Path(store.dataset_dir).exists()
 
 
 def test_converter_mode_auto_uses_standard_only_with_artifacts(tmp_path, monkeypatch):

@@ -212,8 +212,7 @@ def test_doclings_picture_description_api_option_describes_a_real_pdf(ocr_server
 
     described = [picture.meta.description.text for picture in pictures if picture.meta and picture.meta.description]
     assert len(described) == ocr_server.service.counts.succeeded - before >= 2
-    assert all(text.startswith("Imagen de ") for text in described)
-    assert any("Florida Power Plant" in text for text in described)  # the map's title, read by OCR
+    assert any(text.startswith("Mapa: Florida Power Plant") for text in described)  # the map's title, read by OCR
     assert any("Plot number" in text for text in described)  # the bar chart's axis
 
 
@@ -385,7 +384,7 @@ def test_vision_client_shows_status_describes_an_image_and_a_batch(ocr_server, t
     image.write_bytes(word_image("Cultura"))
     single = runner.invoke(main, ["vision-client", *server, "--image", str(image), "--text", "¿Qué pone?"])
     assert single.exit_code == 0, single.output
-    assert 'Texto legible: "Cultura"' in single.output
+    assert "Figura con el texto «Cultura»" in single.output
 
     folder = tmp_path / "imagenes"
     folder.mkdir()

@@ -8,7 +8,15 @@ import pandas as pd
 from pydantic import Field
 
 from ..documents.chain import content_hash, extracted_images, write_described_markdown
-from ..documents.dataset import build_dataset, examples_from_sections, split_sections, write_dataset
+from ..documents.dataset import (
+    AnswerDefects,
+    Dataset,
+    answer_defects,
+    build_dataset,
+    examples_from_sections,
+    split_sections,
+    write_dataset,
+)
 from ..documents.synthesis import synthesize_examples
 from ..files import staged_folder
 from ..resources.documents import (
@@ -83,19 +91,20 @@ def docling_markdown(
     partitions_def=documents_partitions,
     group_name=GROUP,
     deps=[docling_markdown],
-    description="One description per extracted picture (JSON and Markdown per image); tiny pictures are skipped.",
+    description="One description per extracted picture (JSON and Markdown per image), with the document's caption "
+    "and text around it; tiny pictures are skipped, and pictures with nothing usable to say are left out.",
 )
 def image_descriptions(
     context: dg.AssetExecutionContext, document_store: DocumentStore, image_describer: ImageDescriberResource
 ) -> dg.MaterializeResult:
-    from ..documents.chain import DESCRIPTIONS_DIR
-    from ..documents.descriptions import describe_images, write_descriptions
+    from ..documents.chain import DESCRIPTIONS_DIR, describe_document_images
+    from ..documents.descriptions import write_descriptions
 
     folder = document_store.folder(context.partition_key)
     images = extracted_images(folder)
     context.log.info(f"describing {len(images)} pictures with the {image_describer.backend} backend")
-    run = describe_images(
-        images, image_describer.describer(), prompt=image_describer.question(), min_side_px=image_describer.min_side_px
+    run = describe_document_images(
+        folder, image_describer.describer(), image_describer.question(), image_describer.min_side_px
     )
     for image, error in run.failed.items():
         context.log.warning(f"{image}: {error}")
@@ -111,6 +120,7 @@ def image_descriptions(
             "pictures": len(images),
             "described": len(run.descriptions),
             "skipped_small": len(run.skipped),
+            "undescribed": len(run.undescribed),
             "failed": len(run.failed),
             "descriptions": dg.MetadataValue.md(table.to_markdown(index=False)),
         }
@@ -142,9 +152,11 @@ class TrainingDatasetConfig(dg.Config):
         "'llm': the text generator writes a question and answer per chunk, kept only when grounded in the text",
     )
     min_grounding: float = Field(default=0.6, description="llm: share of the answer's words found in the chunk")
-    eval_share: float = Field(default=0.1, description="Share of examples held out for evaluation")
+    eval_share: float = Field(
+        default=0.2, description="Share of sections held out for evaluation (whole sections: unseen text)"
+    )
     min_output_chars: int = Field(default=40)
-    max_output_chars: int = Field(default=2000)
+    max_output_chars: int = Field(default=1000, description="Longer sections give several passages of at most this")
     max_examples: int | None = Field(default=None, description="Keep at most this many examples")
 
 
@@ -153,9 +165,47 @@ DATASET_CHECKS = [
     dg.AssetCheckSpec("no_duplicate_instructions", asset="training_dataset"),
     dg.AssetCheckSpec("output_lengths_within_bounds", asset="training_dataset"),
     dg.AssetCheckSpec(
+        "answers_whole_and_not_templates",
+        asset="training_dataset",
+        description="No answer is cut inside a word or is a fill-in template (blocks training on it)",
+        blocking=True,
+    ),
+    dg.AssetCheckSpec(
         "uses_image_descriptions", asset="training_dataset", description="Some examples use figure descriptions"
     ),
 ]
+
+
+def _dataset_checks(dataset: Dataset, defects: AnswerDefects, config: TrainingDatasetConfig) -> list:
+    kept = dataset.train + dataset.eval
+    return [
+        dg.AssetCheckResult(check_name="not_empty", passed=bool(dataset.train)),
+        dg.AssetCheckResult(
+            check_name="no_duplicate_instructions",
+            passed=len({e.instruction for e in kept}) == len(kept),
+        ),
+        dg.AssetCheckResult(
+            check_name="output_lengths_within_bounds",
+            passed=all(config.min_output_chars <= len(e.output) <= config.max_output_chars for e in kept),
+        ),
+        dg.AssetCheckResult(
+            check_name="answers_whole_and_not_templates",
+            passed=defects.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=None if defects.passed else "not written: the previous dataset stays",
+            metadata={
+                "cut_mid_word": len(defects.cut_mid_word),
+                "templates": len(defects.templates),
+                "examples": dg.MetadataValue.json(list(defects.cut_mid_word[:3] + defects.templates[:3])),
+            },
+        ),
+        dg.AssetCheckResult(
+            check_name="uses_image_descriptions",
+            passed=dataset.stats.image_description_share > 0,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"share": dataset.stats.image_description_share},
+        ),
+    ]
 
 
 @dg.asset(
@@ -208,29 +258,12 @@ def training_dataset(
         raise dg.Failure(f"unknown dataset strategy {config.strategy!r}: use 'sections' or 'llm'")
     examples = examples[: config.max_examples] if config.max_examples else examples
     dataset = build_dataset(examples, eval_share=config.eval_share)
-    stats = dataset.stats
-    kept = dataset.train + dataset.eval
-    checks = [
-        dg.AssetCheckResult(check_name="not_empty", passed=bool(dataset.train)),
-        dg.AssetCheckResult(
-            check_name="no_duplicate_instructions",
-            passed=len({e.instruction for e in kept}) == len(kept),
-        ),
-        dg.AssetCheckResult(
-            check_name="output_lengths_within_bounds",
-            passed=all(config.min_output_chars <= len(e.output) <= config.max_output_chars for e in kept),
-        ),
-        dg.AssetCheckResult(
-            check_name="uses_image_descriptions",
-            passed=stats.image_description_share > 0,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={"share": stats.image_description_share},
-        ),
-    ]
-    if not dataset.train:
+    defects = answer_defects(dataset.train + dataset.eval, sections)
+    checks = _dataset_checks(dataset, defects, config)
+    if not dataset.train or not defects.passed:  # the previous dataset stays; the checks say why
         return dg.MaterializeResult(
             check_results=checks,
-            metadata={"strategy": config.strategy, **synthesis, "documents": len(keys), "examples": 0},
+            metadata={"strategy": config.strategy, **synthesis, "documents": len(keys), "written": False},
         )
     files = write_dataset(dataset, Path(document_store.dataset_dir))
     sample = pd.DataFrame([{"instruction": e.instruction, "output": e.output[:200]} for e in dataset.train[:10]])
@@ -242,8 +275,9 @@ def training_dataset(
             "documents": len(keys) - len(missing),
             "train": len(dataset.train),
             "eval": len(dataset.eval),
-            "duplicates_removed": stats.duplicates_removed,
-            "image_description_share": round(stats.image_description_share, 3),
+            "duplicates_removed": dataset.stats.duplicates_removed,
+            "image_description_share": round(dataset.stats.image_description_share, 3),
+            "output_chars_p50": dataset.stats.output_chars_p50,
             "folder": dg.MetadataValue.path(str(files.folder)),
             "sample": dg.MetadataValue.md(sample.to_markdown(index=False)),
         },

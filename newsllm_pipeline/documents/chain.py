@@ -125,16 +125,9 @@ def _picture_number(image: Path) -> str:
 
 
 def figure_contexts(folder: Path) -> dict[str, FigureContext]:
-    """The caption, inner text, neighbouring paragraphs and heading of each extracted picture, by image file
-    name, read from Docling's JSON of the document (empty where there is none)."""
-    from docling_core.types.doc import (
-        DocItemLabel,
-        DoclingDocument,
-        PictureItem,
-        SectionHeaderItem,
-        TextItem,
-        TitleItem,
-    )
+    """The caption, inner text and neighbouring paragraphs of each extracted picture, by image file name, read
+    from Docling's JSON of the document (empty where there is none)."""
+    from docling_core.types.doc import DocItemLabel, DoclingDocument, PictureItem, TextItem
 
     path = folder / DOCLING_JSON_NAME
     if not path.exists():
@@ -142,15 +135,10 @@ def figure_contexts(folder: Path) -> dict[str, FigureContext]:
     document = DoclingDocument.load_from_json(path)
     paragraph_labels = {DocItemLabel.TEXT, DocItemLabel.PARAGRAPH, DocItemLabel.LIST_ITEM}
     flow: list[str | PictureItem] = []  # body paragraphs and pictures in reading order
-    headings: dict[int, str] = {}  # heading over each picture, by its place in `flow`
-    heading = ""
     # The same walk as Docling's when it numbers the picture files (`_with_pictures_refs`).
     for item, _ in document.iterate_items(with_groups=False):
         if isinstance(item, PictureItem):
-            headings[len(flow)] = heading
             flow.append(item)
-        elif isinstance(item, SectionHeaderItem | TitleItem):
-            heading = item.text
         elif isinstance(item, TextItem) and item.label in paragraph_labels:
             inside_picture = item.parent is not None and item.parent.cref.startswith("#/pictures/")
             if not inside_picture and item.text.strip():
@@ -175,7 +163,6 @@ def figure_contexts(folder: Path) -> dict[str, FigureContext]:
             ),
             before=nearest_text(range(place - 1, -1, -1)),
             after=nearest_text(range(place + 1, len(flow))),
-            heading=headings[place],
         )
     return contexts
 

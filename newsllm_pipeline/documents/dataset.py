@@ -1,10 +1,13 @@
 """Described Markdown to an alpaca-style instruction dataset for LoRA fine-tuning (LLaMA-Factory layout).
 
-The `sections` strategy is deterministic: every section under a heading becomes one example whose
-instruction asks about the heading and whose output is the section's own text, and every figure
-description (a paragraph that starts with FIGURE_MARKER, plain or in a blockquote) becomes a question
-about that figure. Duplicates are dropped, and the train/eval split hashes each instruction, so an
-example keeps its side of the split when more documents are added.
+The `sections` strategy is deterministic and only asks what its answers answer: every section under a heading
+is cut into passages of whole paragraphs or sentences (never inside a word), each the answer to a question about
+the heading ("parte 2 de 3" when a long section gives several); a section with enough prose also gets an
+extractive summary of its key sentences as the answer to "Resume …"; every figure description (a paragraph that
+starts with FIGURE_MARKER) becomes a question about that figure. Duplicates are dropped, and the train/eval split
+hashes each example's section, so a held-out section is unseen text (none of its passages, summary or figures is
+trained on) and keeps its side of the split when more documents are added. `answer_defects` is the check that
+no answer is cut inside a word or is a template.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..files import content_version, staged_folder
+from ..text import fold
 from .markdown import ESCAPED_CHARACTER, HTML_COMMENT, IMAGE_LINK, WORD
 
 FIGURE_MARKER = "Descripción de la figura:"
@@ -33,13 +37,15 @@ TRAIN_PARQUET = "train.parquet"
 EVAL_PARQUET = "eval.parquet"
 DATASET_INFO = "dataset_info.json"
 
+# Questions a passage of the section answers; {section} is «heading», plus "(parte 2 de 3)" for long sections.
 SECTION_TEMPLATES = (
-    "Explica «{heading}» según el documento «{document}».",
-    "¿Qué dice el documento «{document}» sobre «{heading}»?",
-    "Resume la sección «{heading}» del documento «{document}».",
-    "Según el documento «{document}», ¿qué se expone en «{heading}»?",
+    "Explica {section} según el documento «{document}».",
+    "¿Qué dice el documento «{document}» sobre {section}?",
+    "Según el documento «{document}», ¿qué se expone en {section}?",
 )
-PREAMBLE_INSTRUCTION = "Resume el comienzo del documento «{document}»."
+PREAMBLE_TEMPLATE = "¿Qué dice el comienzo del documento «{document}»{part}?"
+SUMMARY_TEMPLATE = "Resume la sección «{heading}» del documento «{document}»."
+PREAMBLE_SUMMARY_TEMPLATE = "Resume el comienzo del documento «{document}»."
 FIGURE_INSTRUCTION = "¿Qué muestra la figura{number} de la sección «{heading}» del documento «{document}»?"
 PREAMBLE_FIGURE_INSTRUCTION = "¿Qué muestra la figura{number} del comienzo del documento «{document}»?"
 HEADING_SEPARATOR = " › "
@@ -49,6 +55,25 @@ _BLOCKQUOTE = re.compile(r"^\s*>\s?")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
 _TABLE_ROW = re.compile(r"^\s*\|")
 _SENTENCE_END = re.compile(r"(?m)(?<!^\d)(?<!^\d\d)[.!?…][\"'»”)\]]*(?=\s|$)")  # not a "1." list marker
+# Answers made by a fill-in template rather than from the document: the old picture sentence
+# ("Imagen de 221 × 190 píxeles en la que predominan el blanco y el gris…") and its "no text" variant.
+TEMPLATE_ANSWER = re.compile(r"\d+ × \d+ píxeles|\bpredominan? (?:el|la|los|las) \w+|no contiene texto legible", re.I)
+_CUT_MARK = re.compile(r"\w…$")  # a word cut short and marked as such, at the end of an answer
+
+# Words that carry no topic (folded: lowercase, no accents), for summaries and the llm strategy's grounding.
+STOP_WORDS = frozenset(
+    """
+    a al algo algun alguna algunas alguno algunos ante antes aqui asi aun bajo bien cada como con contra cual
+    cuales cuando de del desde donde dos e el ella ellas ello ellos en entre era eran es esa esas ese eso esos
+    esta estaba estado estan estar estas este esto estos fue fueron ha han hasta hay la las le les lo los mas
+    me mi mis mucho muy nada ni no nos o otra otras otro otros para pero poco por porque que quien quienes se
+    segun ser si sin sino sobre solo son su sus tambien tanto te tiene tienen toda todas todo todos tu un una
+    unas uno unos y ya yo texto documento
+    about an and are as at be been but by can do does for from had has have he her his how i if in into is it
+    its not of on or our she so than that the their them then there these they this those to was we were what
+    when where which who why will with would you
+    """.split()
+)
 
 _SCHEMA = pa.schema(
     [
@@ -198,73 +223,196 @@ def stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
-def _shorten(text: str, max_chars: int, min_chars: int) -> str:
-    """Cut at the last sentence end within max_chars; at a word when no sentence of min_chars fits."""
-    if len(text) <= max_chars:
-        return text
-    cut = 0
-    for end in _SENTENCE_END.finditer(text):
-        if end.end() > max_chars:
-            break
-        cut = end.end()
-    if cut >= min_chars:
-        return text[:cut]
-    words = text[: max_chars - 1].rsplit(None, 1)[0]
-    return words.rstrip() + "…"
+def sentences(paragraph: str) -> list[str]:
+    """The paragraph cut after each sentence end (., !, ?, … and closing quotes; not a "1." list marker)."""
+    pieces, start = [], 0
+    for end in _SENTENCE_END.finditer(paragraph):
+        pieces.append(paragraph[start : end.end()].strip())
+        start = end.end()
+    pieces.append(paragraph[start:].strip())
+    return [piece for piece in pieces if piece]
+
+
+def _units(text: str, max_chars: int) -> list[tuple[str, str]]:
+    """(piece, separator before it): paragraphs; the lines of a long list or table; the sentences of a long
+    paragraph or line. Joining them back with their separators gives the text again."""
+    units = []
+    for block in text.split("\n\n"):
+        lines = [block] if len(block) <= max_chars else block.split("\n")
+        for number, line in enumerate(lines):
+            pieces = [line] if len(line) <= max_chars else sentences(line)
+            separator = "\n\n" if number == 0 else "\n"
+            units += [(piece, separator if index == 0 else " ") for index, piece in enumerate(pieces)]
+    return units
+
+
+def split_passages(text: str, max_chars: int) -> list[str]:
+    """The text cut into passages of about equal length, at most max_chars each, only between paragraphs, lines
+    of a list or table, or sentences: never inside a sentence or a word. A single sentence longer than max_chars
+    stays whole, as its own passage."""
+    units = _units(text, max_chars)
+    total = sum(len(separator) + len(piece) for piece, separator in units)
+    target = total / math.ceil(total / max_chars) if total else 0
+    passages: list[str] = []
+    current = ""
+    for piece, separator in units:
+        joined = f"{current}{separator}{piece}" if current else piece
+        if current and (len(joined) > max_chars or len(current) >= target):
+            passages.append(current)
+            joined = piece
+        current = joined
+    if current:
+        passages.append(current)
+    return passages
+
+
+def _content_words(text: str) -> list[str]:
+    return [word for word in WORD.findall(fold(text)) if len(word) > 3 and word not in STOP_WORDS]
+
+
+def _is_summary_sentence(sentence: str) -> bool:
+    """A whole sentence that stands alone: capitalised, ended, with a few content words (not "hacia ellos.")."""
+    return sentence[0].isupper() and sentence[-1] in ".!?…" and len(_content_words(sentence)) >= 4
+
+
+def extractive_summary(text: str, max_sentences: int = 3, max_share: float = 0.6) -> str | None:
+    """The section's key sentences in their order: those whose content words recur most in the section (the
+    first sentence gets a small bonus: it usually states the topic). Only prose counts (no list items, table
+    rows or figure descriptions). None when the section has fewer than four sentences or the summary would not
+    be much shorter than the text (max_share of its length): then there is nothing to summarise."""
+    prose = [
+        block
+        for block in text.split("\n\n")
+        if "\n" not in block and not _LIST_ITEM.match(block) and not _is_figure(block)
+    ]
+    candidates = [sentence for block in prose for sentence in sentences(block) if _is_summary_sentence(sentence)]
+    if len(candidates) < 4:
+        return None
+    counts = Counter(word for sentence in candidates for word in set(_content_words(sentence)))
+
+    def score(index: int) -> float:
+        words = set(_content_words(candidates[index]))
+        weight = sum(counts[word] - 1 for word in words) / math.sqrt(len(words) or 1)
+        return weight * (1.25 if index == 0 else 1.0)
+
+    keep = min(max_sentences, max(2, len(candidates) // 3))
+    chosen = sorted(sorted(range(len(candidates)), key=score, reverse=True)[:keep])
+    summary = " ".join(candidates[index] for index in chosen)
+    return summary if len(summary) <= max_share * len(text) else None
 
 
 def _is_figure(paragraph: str) -> bool:
     return paragraph.startswith(FIGURE_MARKER)
 
 
+def _example(instruction: str, output: str, section: Section, heading: str, figure: bool | None = None) -> Example:
+    uses_figure = any(_is_figure(paragraph) for paragraph in output.split("\n\n")) if figure is None else figure
+    return Example(instruction, "", output, section.document, heading, uses_figure)
+
+
+def _section_examples(section: Section, heading: str, min_chars: int, max_chars: int) -> list[Example]:
+    """One example per passage of the section, with a question about its heading, and its summary if any."""
+    passages = [
+        passage for passage in split_passages(section.text, max_chars) if min_chars <= len(passage) <= max_chars
+    ]
+    examples = []
+    for number, passage in enumerate(passages, start=1):
+        part = f" (parte {number} de {len(passages)})" if len(passages) > 1 else ""
+        if heading:
+            template = SECTION_TEMPLATES[stable_hash(f"{section.document}\n{heading}") % len(SECTION_TEMPLATES)]
+            instruction = template.format(section=f"«{heading}»{part}", document=section.document)
+        else:
+            instruction = PREAMBLE_TEMPLATE.format(document=section.document, part=part)
+        examples.append(_example(instruction, passage, section, heading))
+    summary = extractive_summary(section.text)
+    if summary and min_chars <= len(summary) <= max_chars:
+        template = SUMMARY_TEMPLATE if heading else PREAMBLE_SUMMARY_TEMPLATE
+        examples.append(
+            _example(template.format(heading=heading, document=section.document), summary, section, heading)
+        )
+    return examples
+
+
+def _figure_examples(section: Section, heading: str, min_chars: int, max_chars: int) -> list[Example]:
+    """A question about each figure of the section, answered by its description (whole sentences up to
+    max_chars)."""
+    figures = [
+        paragraph.removeprefix(FIGURE_MARKER).strip() for paragraph in section.paragraphs if _is_figure(paragraph)
+    ]
+    template = FIGURE_INSTRUCTION if heading else PREAMBLE_FIGURE_INSTRUCTION
+    examples = []
+    for number, description in enumerate(figures, start=1):
+        description = split_passages(description, max_chars)[0] if description else ""
+        if min_chars <= len(description) <= max_chars:
+            instruction = template.format(
+                number=f" {number}" if len(figures) > 1 else "", heading=heading, document=section.document
+            )
+            examples.append(_example(instruction, description, section, heading, figure=True))
+    return examples
+
+
 def examples_from_sections(
-    sections: Iterable[Section], min_output_chars: int = 40, max_output_chars: int = 2000
+    sections: Iterable[Section], min_output_chars: int = 40, max_output_chars: int = 1200
 ) -> list[Example]:
-    """One example per section with at least min_output_chars of text, plus one per figure description.
-    Outputs longer than max_output_chars are cut at a sentence boundary."""
+    """Per section: its passages (at most max_output_chars, at least min_output_chars), its summary when it has
+    one, and one example per figure description."""
     examples = []
     seen = Counter()
     for section in sections:
         heading = section.heading
         seen[section.document, heading] += 1
         if heading and seen[section.document, heading] > 1:  # a repeated heading would collide in dedup
-            heading = f"{heading} (parte {seen[section.document, heading]})"
-        output = _shorten(section.text, max_output_chars, min_output_chars)
-        if len(output) >= min_output_chars:
-            if heading:
-                templates = SECTION_TEMPLATES
-                template = templates[stable_hash(f"{section.document}\n{heading}") % len(templates)]
-            else:
-                template = PREAMBLE_INSTRUCTION
-            examples.append(
-                Example(
-                    instruction=template.format(heading=heading, document=section.document),
-                    input="",
-                    output=output,
-                    document=section.document,
-                    section=heading,
-                    uses_image_description=any(_is_figure(paragraph) for paragraph in output.split("\n\n")),
-                )
-            )
-        figures = [paragraph for paragraph in section.paragraphs if _is_figure(paragraph)]
-        template = FIGURE_INSTRUCTION if heading else PREAMBLE_FIGURE_INSTRUCTION
-        for number, figure in enumerate(figures, start=1):
-            description = _shorten(figure.removeprefix(FIGURE_MARKER).strip(), max_output_chars, min_output_chars)
-            if len(description) < min_output_chars:
-                continue
-            examples.append(
-                Example(
-                    instruction=template.format(
-                        number=f" {number}" if len(figures) > 1 else "", heading=heading, document=section.document
-                    ),
-                    input="",
-                    output=description,
-                    document=section.document,
-                    section=heading,
-                    uses_image_description=True,
-                )
-            )
+            heading = f"{heading} ({seen[section.document, heading]})"
+        examples += _section_examples(section, heading, min_output_chars, max_output_chars)
+        examples += _figure_examples(section, heading, min_output_chars, max_output_chars)
     return examples
+
+
+@dataclass(frozen=True)
+class AnswerDefects:
+    """Answers the dataset must not teach: cut inside a word, or filled into a template (by instruction)."""
+
+    cut_mid_word: tuple[str, ...]
+    templates: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.cut_mid_word and not self.templates
+
+
+def _ends_inside_a_word(output: str, source: str) -> bool:
+    """The output ends with a letter or digit that the source (where the output is found verbatim) continues."""
+    if not output[-1:].isalnum():
+        return False
+    tail = output[-80:]
+    followers = [source[found + len(tail) : found + len(tail) + 1] for found in _occurrences(source, tail)]
+    return bool(followers) and all(follower.isalnum() for follower in followers)
+
+
+def _occurrences(text: str, part: str) -> list[int]:
+    found, start = [], text.find(part)
+    while start != -1:
+        found.append(start)
+        start = text.find(part, start + 1)
+    return found
+
+
+def answer_defects(examples: Iterable[Example], sections: Iterable[Section]) -> AnswerDefects:
+    """The check behind the dataset's `answers_whole_and_not_templates`: an answer is cut mid-word when it ends
+    in a word marked as cut ("palab…") or stops inside a word of the section it was copied from; it is a
+    template when it is the fill-in picture sentence (pixel sizes, dominant colours)."""
+    sources: dict[str, list[str]] = {}
+    for section in sections:
+        sources.setdefault(section.document, []).append(section.text)
+    texts = {document: "\n\n".join(parts) for document, parts in sources.items()}
+    cut, templates = [], []
+    for example in examples:
+        output = example.output.strip()
+        if _CUT_MARK.search(output) or _ends_inside_a_word(output, texts.get(example.document, "")):
+            cut.append(example.instruction)
+        if TEMPLATE_ANSWER.search(output):
+            templates.append(example.instruction)
+    return AnswerDefects(tuple(cut), tuple(templates))
 
 
 def normalise_instruction(instruction: str) -> str:
@@ -277,10 +425,26 @@ def _percentile(sorted_values: list[int], share: float) -> int:
     return sorted_values[max(0, math.ceil(share * len(sorted_values)) - 1)]  # nearest rank
 
 
+def _held_out_sections(examples: list[Example], eval_share: float, seed: int) -> set[tuple[str, str]]:
+    """Sections whose hash (with the seed) falls under eval_share. By section, so that a held-out section's
+    passages, summary and figures are all unseen text. When that leaves none but there are at least two sections
+    and eval_share > 0, the section with the lowest hash is held out, so a small dataset is still evaluated
+    (it goes back to training once the collection has held-out sections of its own)."""
+    buckets = {
+        (example.document, example.section): stable_hash(f"{seed}\n{example.document}\n{example.section}") / 2**64
+        for example in examples
+    }
+    held_out = {section for section, bucket in buckets.items() if bucket < eval_share}
+    if not held_out and len(buckets) >= 2 and eval_share > 0:
+        held_out = {min(buckets, key=buckets.get)}
+    return held_out
+
+
 def build_dataset(examples: Iterable[Example], eval_share: float = 0.1, seed: int = 13) -> Dataset:
     """Drop examples whose normalised instruction or whose output was already seen (the first one stays), then
-    split by a hash of seed and instruction: each example's side depends on nothing else, so adding documents
-    never moves existing examples between train and eval. Small datasets may get an empty eval split."""
+    hold out whole sections by a hash of seed, document and section: each section's side depends on nothing
+    else, so adding documents does not move existing examples between train and eval (but for the fallback of
+    `_held_out_sections`)."""
     if not 0 <= eval_share < 1:
         raise ValueError(f"eval_share must be in [0, 1), got {eval_share}")
     kept: list[Example] = []
@@ -295,10 +459,9 @@ def build_dataset(examples: Iterable[Example], eval_share: float = 0.1, seed: in
         instructions.add(instruction)
         outputs.add(output)
         kept.append(example)
-    train, evaluation = [], []
-    for example in kept:
-        bucket = stable_hash(f"{seed}\n{normalise_instruction(example.instruction)}") / 2**64
-        (evaluation if bucket < eval_share else train).append(example)
+    held_out = _held_out_sections(kept, eval_share, seed)
+    train = [example for example in kept if (example.document, example.section) not in held_out]
+    evaluation = [example for example in kept if (example.document, example.section) in held_out]
     lengths = sorted(len(example.output) for example in kept)
     stats = DatasetStats(
         examples=len(kept),

@@ -1,17 +1,19 @@
 """Descriptions of the pictures extracted from documents, one text per PNG.
 
-Three backends share one small interface: `OcrDescriber` (offline default: RapidOCR reads the text, Pillow gives
-the size and dominant colours), `OpenAIDescriber` (any OpenAI-compatible chat completions server with vision, e.g.
-vLLM or llama.cpp) and `TransformersDescriber` (a local vision-language model folder, meant for a CUDA machine).
-`describe_images` runs one backend over a batch so that one bad picture does not stop the others, and
-`write_descriptions` leaves a JSON and a Markdown file per picture for the step that replaces the image links.
+Three backends share one small interface: `OcrDescriber` (offline default: RapidOCR reads the figure's text and
+the document's own words about it, its caption and the sentences around it, say what it is about),
+`OpenAIDescriber` (any OpenAI-compatible chat completions server with vision, e.g. vLLM or llama.cpp) and
+`TransformersDescriber` (a local vision-language model folder, meant for a CUDA machine). A vision model sees the
+picture and answers the prompt; it is given no context, as in the original project. `describe_images` runs one
+backend over a batch so that one bad picture does not stop the others, and `write_descriptions` leaves a JSON and
+a Markdown file per picture for the step that replaces the image links.
 """
 
 from __future__ import annotations
 
 import base64
-import colorsys
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +24,7 @@ from typing import Protocol
 from PIL import Image
 
 from ..files import write_text_atomically
+from ..text import fold
 
 DEFAULT_PROMPT = (
     "Describe detalladamente esta imagen en español: transcribe todo el texto visible tal como aparece "
@@ -45,6 +48,7 @@ class ImageDescription:
 class DescriptionRun:
     descriptions: list[ImageDescription] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    undescribed: list[str] = field(default_factory=list)  # nothing usable to say without a vision model
     failed: dict[str, str] = field(default_factory=dict)
 
 
@@ -55,7 +59,7 @@ class DescriptionError(Exception):
 class ImageDescriber(Protocol):
     name: str
 
-    def describe(self, image: Path, prompt: str) -> str: ...
+    def describe(self, image: Path, prompt: str, context: FigureContext | None = None) -> str: ...
 
 
 class PictureDescriber(ImageDescriber, Protocol):
@@ -81,74 +85,225 @@ def _open_rgb(image: Path) -> Image.Image:
         raise DescriptionError(f"{image}: not a readable image ({error})") from error
 
 
-def _colour_name(red: int, green: int, blue: int) -> str:
-    hue, saturation, value = colorsys.rgb_to_hsv(red / 255, green / 255, blue / 255)
-    if value < 0.2:
-        return "negro"
-    if saturation < 0.2:
-        return "blanco" if value > 0.85 else "gris"
-    degrees = hue * 360
-    if degrees < 15 or degrees >= 345:
-        return "marrón" if value < 0.55 else "rojo"
-    if degrees < 40:
-        return "marrón" if value < 0.6 else "naranja"
-    for limit, name in ((70, "amarillo"), (170, "verde"), (200, "celeste"), (260, "azul"), (300, "morado")):
-        if degrees < limit:
-            return name
-    return "rosa"
+@dataclass(frozen=True)
+class FigureContext:
+    """What the document says around a picture: its caption, the text the PDF sets inside it (a text layer
+    over the picture) and the paragraphs just before and after it."""
+
+    caption: str = ""
+    inner_text: str = ""
+    before: str = ""
+    after: str = ""
 
 
-def dominant_colours(picture: Image.Image, most: int = 3, min_share: float = 0.1) -> list[str]:
-    """Spanish names of the colours covering at least `min_share` of the picture, largest first (always one)."""
-    small = picture.copy()
-    small.thumbnail((128, 128))
-    quantised = small.quantize(colors=8)
-    palette = quantised.getpalette() or []
-    shares: dict[str, int] = {}
-    for count, index in quantised.getcolors() or []:
-        name = _colour_name(*palette[3 * index : 3 * index + 3])
-        shares[name] = shares.get(name, 0) + count
-    ranked = sorted(shares, key=shares.get, reverse=True)
-    total = sum(shares.values())
-    return [ranked[0], *(name for name in ranked[1:most] if shares[name] / total >= min_share)]
+@dataclass(frozen=True)
+class OcrLine:
+    text: str
+    left: float
+    top: float
+    right: float
+    bottom: float
+
+    @property
+    def height(self) -> float:
+        return self.bottom - self.top
+
+    @property
+    def width(self) -> float:
+        return self.right - self.left
 
 
-def _spanish_list(names: list[str]) -> str:
-    items = [f"el {name}" for name in names]
-    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} y {items[-1]}"
+class NoUsableDescription(DescriptionError):
+    """A picture with nothing to say about it without a vision model: no caption, no legible words, no
+    sentence that refers to it. It is left out rather than described with a template."""
+
+
+# The kind of figure, from the words of its caption, title, text and the sentences that mention it (folded:
+# lowercase, no accents). The first match wins, so specific kinds come before general ones.
+FIGURE_KINDS = (
+    ("Gráfico de barras", r"graficos? de barras|diagramas? de barras|bar (?:chart|graph|plot)s?|histogram\w*"),
+    ("Gráfico de líneas", r"graficos? de lineas|line (?:chart|graph|plot)s?"),
+    ("Gráfico circular", r"graficos? (?:circular|de tarta|de sectores)|pie charts?"),
+    ("Mapa", r"mapas?|maps?"),
+    ("Diagrama", r"diagramas?|esquemas?|organigramas?|diagrams?|flow ?charts?|schematics?"),
+    ("Tabla", r"tablas?|tables?"),
+    ("Fotografía", r"fotos?|fotografias?|photos?|photographs?"),
+    ("Captura de pantalla", r"capturas? de pantalla|screenshots?"),
+    ("Gráfico", r"graficos?|charts?|graphs?|plots?"),
+    ("Ilustración", r"ilustracion\w*|dibujos?|illustrations?|drawings?"),
+)
+FIGURE_WORDS = re.compile(
+    r"\b(?:figuras?|fig\.|graficos?|imagen(?:es)?|ilustracion\w*|mapas?|diagramas?|esquemas?|figures?|charts?"
+    r"|graphs?|images?|diagrams?|maps?|illustrations?)\b"
+)
+CAPTION_LABEL = re.compile(
+    r"^\s*(?:figura|fig\.?|figure|grafico|gráfico|imagen|image|ilustraci[oó]n|illustration|mapa|map|chart|"
+    r"diagrama|diagram|esquema|cuadro|tabla|table)\s*[\dIVXivx]+[a-z]?\s*[:.\-–—]?\s*",
+    re.IGNORECASE,
+)
+_NUMBER = re.compile(r"^[-+−]?\d+(?:[.,]\d+)?\s*%?$")
+_SENTENCE = re.compile(r"[^.!?…]+[.!?…]+[\"'»”)\]]*|[^.!?…]+$")
+MAX_QUOTED_CHARS = 300
+MIN_TITLE_RATIO = 1.3  # a title line is this much taller than the figure's other lines
+
+
+def _words(text: str) -> list[str]:
+    """Words of three letters or more: what makes a text legible rather than a page number or a stray mark."""
+    return re.findall(r"[^\W\d_]{3,}", text)
+
+
+def _clip(text: str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """`text` in one line, cut at the last whole word within `limit` (never inside a word)."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    return text[: limit + 1].rsplit(" ", 1)[0].rstrip(",;:") + " …"
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else 0.0
+
+
+def _sentence(text: str) -> str:
+    text = " ".join(text.split())
+    return text if text[-1:] in ".!?…" else f"{text}."
+
+
+def figure_kind(*texts: str) -> str | None:
+    folded = fold(" ".join(texts))
+    for kind, pattern in FIGURE_KINDS:
+        if re.search(rf"\b(?:{pattern})\b", folded):
+            return kind
+    return None
+
+
+def caption_subject(caption: str) -> str:
+    """The caption without its label: "Figura 3: Ventas por trimestre" -> "Ventas por trimestre"."""
+    return CAPTION_LABEL.sub("", " ".join(caption.split())).strip()
+
+
+def mentions(context: FigureContext) -> list[str]:
+    """Sentences of the paragraphs around the figure that refer to a figure (figura, gráfico, figure, chart…)."""
+    found = []
+    for paragraph in (context.before, context.after):
+        for sentence in _SENTENCE.findall(" ".join(paragraph.split())):
+            if FIGURE_WORDS.search(fold(sentence)) and len(sentence) <= MAX_QUOTED_CHARS:
+                found.append(sentence.strip())
+    return found
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """The OCR lines of a figure sorted into a title, axis labels, numbers and the rest."""
+
+    title: str
+    axis: list[str]
+    numbers: list[float]
+    labels: list[str]
+
+    @classmethod
+    def of(cls, lines: list[OcrLine]) -> _Reading:
+        numbers, axis, others = [], [], []
+        for line in lines:
+            if _NUMBER.match(line.text):
+                numbers.append(float(line.text.rstrip("% ").replace(",", ".").replace("−", "-")))
+            elif line.height > 2 * line.width and len(_words(line.text)) >= 2:
+                axis.append(line.text)  # set vertically: an axis title
+            else:
+                others.append(line)
+        title = ""
+        if len(others) >= 2:
+            top = min(others, key=lambda line: line.top)
+            typical = _median([line.height for line in others if line is not top])
+            if len(_words(top.text)) >= 2 and top.height >= MIN_TITLE_RATIO * typical:
+                title = top.text
+                others.remove(top)
+        # Reading order: rows a typical line high, from top to bottom, left to right within a row.
+        row = max(_median([line.height for line in others]), 1.0)
+        others.sort(key=lambda line: (round(line.top / row), line.left))
+        return cls(title, axis, numbers, [line.text for line in others])
+
+
+def figure_description(lines: list[OcrLine], context: FigureContext | None = None) -> str | None:
+    """A Spanish description of a figure from what can be read without a vision model: its kind and subject
+    (caption, or a title set in larger type), what a chart plots (axis title, value range, labels), its legible
+    text and the sentences around it that refer to it. None when there is nothing usable to say."""
+    context = context or FigureContext()
+    reading = _Reading.of(lines)
+    text = " ".join(context.inner_text.split()) or " ".join(reading.labels)
+    caption = caption_subject(context.caption)
+    subject = caption or reading.title
+    referring = mentions(context)
+    chart = len(reading.numbers) >= 4  # a value axis: tick labels
+    legible = bool(_words(text))  # a word, not just numbers and marks ("14", "20 C)")
+    if not (subject or legible or referring):
+        return None
+    kind = figure_kind(context.caption, reading.title, text, *reading.axis, *referring)
+    kind = kind or ("Gráfico" if chart else "Figura")
+    if subject:
+        parts = [f"{kind}: {subject}"]
+    elif legible and not chart:
+        parts = [f"{kind} con el texto «{_clip(text)}»"]
+    else:
+        parts = [kind]
+    if caption and reading.title:
+        parts.append(f"Título: «{reading.title}»")
+    if chart:
+        if reading.axis:
+            parts.append(f"Eje: «{_clip(' / '.join(reading.axis))}»")
+        parts.append(f"Valores de {min(reading.numbers):g} a {max(reading.numbers):g}")
+        if text:  # category labels are often codes or years ("1T 2023"): shown even without a word
+            parts.append(f"Rótulos: {_clip(', '.join(reading.labels) if not context.inner_text else text)}")
+    elif subject and legible:
+        parts.append(f"Texto de la figura: «{_clip(text)}»")
+    if referring:
+        parts.append(f"El documento dice: «{_clip(referring[0])}»")
+    elif not subject and context.before.strip():
+        first = _SENTENCE.findall(" ".join(context.before.split()))[0].strip()
+        parts.append(f"Acompaña al pasaje «{_clip(first, 200)}»")
+    return " ".join(_sentence(part) for part in parts)
+
+
+NO_TEXT = "No se lee texto en la imagen: sin un modelo de visión no hay más que decir de ella."
 
 
 class OcrDescriber:
-    """Offline description: size, dominant colours and the text RapidOCR reads (about 1–2 s per picture on one
-    core). It describes what is measurable and ignores the prompt."""
+    """Offline description without a vision model (about 1–2 s per picture on one core): RapidOCR reads the
+    figure's text, and `figure_description` turns it and the document's own words about the figure (caption,
+    surrounding paragraphs) into a sentence. The prompt is ignored: nothing here can answer a question."""
 
     name = "rapidocr"
 
-    def __init__(self, max_text_chars: int = 600):
+    def __init__(self, min_score: float = 0.5):
         from rapidocr import RapidOCR
 
-        self.max_text_chars = max_text_chars
+        self.min_score = min_score
         # "error": an empty detection (a picture without text) is a normal outcome here, not a warning.
         self._engine = RapidOCR(params={"Global.log_level": "error"})
 
-    def read_text(self, picture: Image.Image) -> str:
+    def read_lines(self, picture: Image.Image) -> list[OcrLine]:
+        """The text lines RapidOCR reads with at least `min_score` confidence, with their boxes in pixels.
+        Safe to call from several threads at once: the ONNX Runtime sessions are, and RapidOCR keeps no
+        per-call state that differs between calls."""
         result = self._engine(picture)  # a PIL image, which RapidOCR takes as RGB (a numpy array as BGR)
-        text = " ".join(line.strip() for line in result.txts or () if line.strip())
-        if len(text) <= self.max_text_chars:
-            return text
-        return text[: self.max_text_chars].rsplit(" ", 1)[0] + "…"
+        if result.boxes is None:
+            return []
+        lines = []
+        for box, text, score in zip(result.boxes, result.txts, result.scores, strict=True):
+            if score >= self.min_score and text.strip():
+                (left, top), (right, bottom) = box.min(axis=0), box.max(axis=0)
+                lines.append(OcrLine(text.strip(), float(left), float(top), float(right), float(bottom)))
+        return lines
 
-    def describe(self, image: Path, prompt: str) -> str:
-        return self.describe_picture(_open_rgb(image), prompt)
+    def describe(self, image: Path, prompt: str, context: FigureContext | None = None) -> str:
+        description = figure_description(self.read_lines(_open_rgb(image)), context)
+        if description is None:
+            raise NoUsableDescription(f"{image}: no caption, no legible text and no sentence that refers to it")
+        return description
 
     def describe_picture(self, picture: Image.Image, prompt: str) -> str:
-        """`picture` must be RGB (see `rgb_on_white`). Safe to call from several threads at once: the ONNX
-        Runtime sessions are, and RapidOCR keeps no per-call state that differs between calls."""
-        colours = dominant_colours(picture)
-        verb = "predomina" if len(colours) == 1 else "predominan"
-        sentence = f"Imagen de {picture.width} × {picture.height} píxeles en la que {verb} {_spanish_list(colours)}."
-        text = self.read_text(picture)
-        return f'{sentence} Texto legible: "{text}".' if text else f"{sentence} No contiene texto legible."
+        """A picture on its own (the vision server): `picture` must be RGB (see `rgb_on_white`)."""
+        return figure_description(self.read_lines(picture)) or NO_TEXT
 
 
 class OpenAIDescriber:
@@ -201,7 +356,8 @@ class OpenAIDescriber:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return urllib.request.Request(self.url, data=json.dumps(payload).encode("utf-8"), headers=headers)
 
-    def describe(self, image: Path, prompt: str) -> str:
+    def describe(self, image: Path, prompt: str, context: FigureContext | None = None) -> str:
+        """The model's answer to `prompt` about the picture; `context` is not sent (the model sees the picture)."""
         request = self._request(image, prompt)
         attempts = self.retries + 1
         for attempt in range(attempts):
@@ -270,7 +426,8 @@ class TransformersDescriber:
         model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype, **loading)
         self._model = (model if load_in_8bit else model.to(device)).eval()
 
-    def describe(self, image: Path, prompt: str) -> str:
+    def describe(self, image: Path, prompt: str, context: FigureContext | None = None) -> str:
+        """The model's answer to `prompt` about the picture; `context` is not used (the model sees the picture)."""
         picture = _open_rgb(image)
         try:
             return self.describe_picture(picture, prompt)
@@ -310,11 +467,18 @@ def _eight_bit_config(device: str):
 
 
 def describe_images(
-    images: list[Path], describer: ImageDescriber, prompt: str = DEFAULT_PROMPT, min_side_px: int = 32
+    images: list[Path],
+    describer: ImageDescriber,
+    prompt: str = DEFAULT_PROMPT,
+    min_side_px: int = 32,
+    contexts: dict[str, FigureContext] | None = None,
 ) -> DescriptionRun:
-    """Describe each picture; pictures with a side under `min_side_px` (icons, rules, bullets) are skipped, and a
-    picture that cannot be described is recorded in `failed` while the others go on."""
+    """Describe each picture, with its `FigureContext` (by image file name) where the document gives one.
+    Pictures with a side under `min_side_px` (icons, rules, bullets) are skipped, pictures with nothing usable to
+    say are recorded in `undescribed`, and a picture that cannot be described is recorded in `failed` while the
+    others go on."""
     run = DescriptionRun()
+    contexts = contexts or {}
     for image in images:
         image = Path(image)
         try:
@@ -328,7 +492,10 @@ def describe_images(
             continue
         started = time.perf_counter()
         try:
-            text = describer.describe(image, prompt)
+            text = describer.describe(image, prompt, contexts.get(image.name))
+        except NoUsableDescription:
+            run.undescribed.append(str(image))
+            continue
         except DescriptionError as error:
             run.failed[str(image)] = str(error)
             continue

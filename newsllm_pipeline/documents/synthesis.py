@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..text import fold
-from .dataset import FIGURE_MARKER, Example, Section
+from .dataset import FIGURE_MARKER, STOP_WORDS, Example, Section, split_passages
 from .markdown import WORD
 
 CHUNK_CHARS = 1200
@@ -37,25 +37,9 @@ PROMPT = (
     "Texto:\n{chunk}"
 )
 
-# Folded (lowercase, no accents), so they compare with folded words.
-STOP_WORDS = frozenset(
-    """
-    a al algo algun alguna algunas alguno algunos ante antes aqui asi aun bajo bien cada como con contra cual
-    cuales cuando de del desde donde dos e el ella ellas ello ellos en entre era eran es esa esas ese eso esos
-    esta estaba estado estan estar estas este esto estos fue fueron ha han hasta hay la las le les lo los mas
-    me mi mis mucho muy nada ni no nos o otra otras otro otros para pero poco por porque que quien quienes se
-    segun ser si sin sino sobre solo son su sus tambien tanto te tiene tienen toda todas todo todos tu un una
-    unas uno unos y ya yo texto documento
-    about an and are as at be been but by can do does for from had has have he her his how i if in into is it
-    its not of on or our she so than that the their them then there these they this those to was we were what
-    when where which who why will with would you
-    """.split()
-)
-
 _PREFIX = r"^[\s>*_#-]*{label}[\s*_]*:[\s*_]*"  # tolerates Markdown bold, list and quote marks around the label
 _QUESTION = re.compile(_PREFIX.format(label="pregunta"), re.IGNORECASE | re.MULTILINE)
 _ANSWER = re.compile(_PREFIX.format(label="respuesta"), re.IGNORECASE | re.MULTILINE)
-_SENTENCE_BREAK = re.compile(r"(?<=[.!?…])\s+")
 
 
 @dataclass(frozen=True)
@@ -102,30 +86,9 @@ def grounding(answer: str, chunk: str) -> float:
 
 
 def chunk_section(section: Section, max_chars: int = CHUNK_CHARS) -> list[str]:
-    """The section's paragraphs packed into chunks of at most max_chars; a longer paragraph is cut at
-    sentence ends (and a sentence longer than max_chars stays whole)."""
-    pieces: list[str] = []
-    for paragraph in section.paragraphs:
-        if len(paragraph) <= max_chars:
-            pieces.append(paragraph)
-            continue
-        pieces += _pack(_SENTENCE_BREAK.split(paragraph), max_chars, " ")
-    return _pack(pieces, max_chars, "\n\n")
-
-
-def _pack(parts: list[str], max_chars: int, separator: str) -> list[str]:
-    """Join consecutive parts with `separator` into runs of at most max_chars (a longer part stays whole)."""
-    runs: list[str] = []
-    current = ""
-    for part in parts:
-        if current and len(current) + len(separator) + len(part) > max_chars:
-            runs.append(current)
-            current = part
-        else:
-            current = f"{current}{separator}{part}" if current else part
-    if current:
-        runs.append(current)
-    return runs
+    """The section cut into chunks of at most max_chars between paragraphs or sentences (the dataset's passages;
+    a sentence longer than max_chars stays whole)."""
+    return split_passages(section.text, max_chars)
 
 
 def sample_chunks(

@@ -70,6 +70,7 @@ NUMBERED_HEADING_HEIGHT_RATIO = 1.04  # a numbered line needs only this much
 BOLD_HEADING_SHARE = 0.9  # a line this bold in a non-bold body is a heading
 NUMBERED_BOLD_SHARE = 0.5
 HEADING_MAX_WORDS = 20
+HEADING_MIN_LETTER_SHARE = 0.5  # of its non-space characters: formulas and number rows are no headings
 FURNITURE_BOTTOM_ZONE = 0.85  # page headers/footers live in these top and bottom bands (share of height)
 FURNITURE_TOP_ZONE = 0.1
 SHORT_FURNITURE_BOTTOM_ZONE = 0.93  # short lines count as furniture only in these narrower bands
@@ -128,12 +129,12 @@ class DocumentState:
     def start_page(self, lines: Sequence[TextLine], page_no: int) -> None:
         if self.first_page is None:
             self.first_page = page_no
-            heights = [line.height for line in lines if reads_like_heading(line.text)]
+            heights = [line.font_height for line in lines if reads_like_heading(line.text)]
             self.title_height = max(heights, default=0.0)
 
     def add_lines(self, lines: Sequence[TextLine]) -> None:
         for line in lines:
-            self.characters_by_height[round(line.height, 1)] += len(line.text)
+            self.characters_by_height[round(line.font_height, 1)] += len(line.text)
             self.characters += len(line.text)
             self.bold_characters += line.bold_share * len(line.text)
 
@@ -202,6 +203,8 @@ def reads_like_heading(text: str) -> bool:
     letters = sum(character.isalpha() for character in text)
     return (
         letters >= 2
+        and letters >= HEADING_MIN_LETTER_SHARE * len(re.sub(r"^[\d.\s]+|\s", "", text))  # section number aside
+        and "=" not in text  # a displayed formula
         and len(text.split()) <= HEADING_MAX_WORDS
         and not text.endswith(SENTENCE_END)
         and not TOC_ENTRY.search(text)
@@ -218,16 +221,19 @@ def is_heading(line: TextLine, stats: BodyStatistics, page_no: int, state: Docum
         return True
     if not reads_like_heading(text):
         return False
-    height_ratio = line.height / stats.body_height
-    is_title = page_no == state.first_page and line.height >= state.title_height - 0.5
-    if height_ratio >= HEADING_HEIGHT_RATIO or (is_title and height_ratio >= NUMBERED_HEADING_HEIGHT_RATIO):
-        return True
-    # A bold run that starts in lower case or ends with a colon belongs to a sentence; a larger font is
-    # evidence enough on its own.
-    if _continues_sentence(text):
-        return False
+    height_ratio = line.font_height / stats.body_height
     bold_share = 0.0 if stats.body_is_bold else line.bold_share
     is_numbered = NUMBERED_HEADING.match(text) is not None
+    on_first_page = page_no == state.first_page
+    if on_first_page and line.font_height >= state.title_height - 0.5 and height_ratio >= NUMBERED_HEADING_HEIGHT_RATIO:
+        return True  # the title
+    # Large lines in a regular weight on the first page are a cover's authors, dates and slogans.
+    is_cover_line = on_first_page and bold_share < NUMBERED_BOLD_SHARE and not is_numbered
+    if height_ratio >= HEADING_HEIGHT_RATIO and not is_cover_line:
+        return True
+    # A bold run that starts in lower case or ends with a colon belongs to a sentence.
+    if _continues_sentence(text):
+        return False
     return bold_share > BOLD_HEADING_SHARE or (
         is_numbered and (height_ratio >= NUMBERED_HEADING_HEIGHT_RATIO or bold_share >= NUMBERED_BOLD_SHARE)
     )
@@ -266,7 +272,7 @@ def _starts_new_block(line: TextLine, block: LayoutBlock, body_height: float) ->
             return line.left < block.lines[0].left + 1
         # Text runs on in a caption; headers and page furniture end where body text begins.
         return block.label != "caption"
-    same_heading = line.label == block.label == "section_header" and abs(line.height - previous.height) < 0.5
+    same_heading = line.label == block.label == "section_header" and abs(line.font_height - previous.font_height) < 0.5
     return not same_heading
 
 

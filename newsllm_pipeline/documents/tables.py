@@ -32,6 +32,7 @@ MIN_COLUMNS = 3  # two aligned columns are as often a form or a two-column page 
 MIN_FULL_ROWS = 3  # rows with text in at least two columns
 MAX_MEDIAN_CELL_WORDS = 6  # table cells are short; columns of running text are not a table
 CONTINUATION_GAP = 0.6  # a lone line closer than this many line heights under a row continues it
+CELL_JOIN_GAP = 0.3  # inside a table, only fragments a word space apart are one cell's text
 
 
 @dataclass
@@ -179,7 +180,8 @@ class TextLayerTableModel(BaseTableStructureModel):
         for cluster in page.predictions.layout.clusters:
             if cluster.label != DocItemLabel.TABLE or not cluster.cells:
                 continue
-            grid = table_grid(join_visual_lines(cell_lines(cluster.cells, page.size.height)))
+            lines = join_visual_lines(cell_lines(cluster.cells, page.size.height), join_gap=CELL_JOIN_GAP)
+            grid = table_grid(lines)
             prediction.table_map[cluster.id] = Table(
                 otsl_seq=_otsl(grid),
                 table_cells=[_table_cell(cell) for cell in grid.cells],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from docling_core.types.doc.page import BoundingRectangle, SegmentedPdfPage, Tex
 BOLD_FONT = re.compile(r"bold|black|heavy|semibold|demi|CMBX|CMB\d|[-,](bd|b)$|\.B$", re.IGNORECASE)
 SAME_LINE_OVERLAP = 0.5  # share of the smaller height two cells must share vertically to be on one line
 JOIN_GAP = 0.8  # cells on one line closer than this many line heights are one line
+WORD_SEARCH_LINES = 40  # lines starting above a word's centre searched for the one holding it (side-by-side columns)
 
 
 @dataclass
@@ -34,6 +36,8 @@ class TextLine:
     bold_share: float  # share of the line's characters set in bold fonts
     cells: list[TextCell]
     label: str = "text"
+    # Height of most of its words: a line's box grows with a superscript or a formula, its words' do not.
+    font_height: float = 0.0
 
     @property
     def height(self) -> float:
@@ -79,7 +83,8 @@ def cell_lines(cells: Iterable[TextCell], page_height: float) -> list[TextLine]:
         if cell.text.strip():
             box = top_left_box(cell.rect, page_height)
             bold = float(is_bold_font(cell.font_name))
-            lines.append(TextLine(cell.text.strip(), box.l, box.t, box.r, box.b, bold, [cell]))
+            height = box.b - box.t
+            lines.append(TextLine(cell.text.strip(), box.l, box.t, box.r, box.b, bold, [cell], font_height=height))
     return lines
 
 
@@ -94,7 +99,9 @@ def _horizontal_gap(line: TextLine, other: TextLine) -> float:
 def _joined(line: TextLine, other: TextLine) -> TextLine:
     cells = sorted(line.cells + other.cells, key=lambda cell: cell.index)
     characters = len(line.text) + len(other.text)
+    longer = max(line, other, key=lambda fragment: len(fragment.text))
     return TextLine(
+        font_height=longer.font_height,
         text=" ".join(cell.text.strip() for cell in cells if cell.text.strip()),
         left=min(line.left, other.left),
         top=min(line.top, other.top),
@@ -105,7 +112,7 @@ def _joined(line: TextLine, other: TextLine) -> TextLine:
     )
 
 
-def join_visual_lines(fragments: Sequence[TextLine]) -> list[TextLine]:
+def join_visual_lines(fragments: Sequence[TextLine], join_gap: float = JOIN_GAP) -> list[TextLine]:
     """Joins fragments of one printed line (same baseline, close together); result sorted top to bottom."""
     lines: list[TextLine] = []
     for fragment in sorted(fragments, key=lambda line: (line.top, line.left)):
@@ -114,7 +121,7 @@ def join_visual_lines(fragments: Sequence[TextLine]) -> list[TextLine]:
             same_line = _vertical_overlap(fragment, candidate) >= SAME_LINE_OVERLAP * min(
                 fragment.height, candidate.height
             )
-            if same_line and _horizontal_gap(fragment, candidate) < JOIN_GAP * max(fragment.height, candidate.height):
+            if same_line and _horizontal_gap(fragment, candidate) < join_gap * max(fragment.height, candidate.height):
                 partner = candidate
                 break
         if partner is None:
@@ -125,31 +132,34 @@ def join_visual_lines(fragments: Sequence[TextLine]) -> list[TextLine]:
     return lines
 
 
-def _assign_bold_shares(lines: list[TextLine], word_cells: Sequence[TextCell], page_height: float) -> None:
-    # Line cells carry one font name; word cells show which words in it are bold. Each word is
-    # counted on the line that contains its centre.
+def _assign_word_styles(lines: list[TextLine], word_cells: Sequence[TextCell], page_height: float) -> None:
+    # Line cells carry one font name; word cells show which words in it are bold, and how tall most
+    # of its words are. Each word is counted on the line that contains its centre.
     characters = [0] * len(lines)
     bold_characters = [0] * len(lines)
+    word_heights: list[Counter[float]] = [Counter() for _ in lines]
     tops = [line.top for line in lines]
     for word in word_cells:
         box = top_left_box(word.rect, page_height)
         centre_x, centre_y = (box.l + box.r) / 2, (box.t + box.b) / 2
         following = bisect.bisect_right(tops, centre_y)
-        for index in range(max(0, following - 3), min(len(lines), following + 2)):
+        for index in range(max(0, following - WORD_SEARCH_LINES), min(len(lines), following + 2)):
             line = lines[index]
             if line.top - 1 <= centre_y <= line.bottom + 1 and line.left - 1 <= centre_x <= line.right + 1:
                 characters[index] += len(word.text)
+                word_heights[index][round(box.b - box.t, 1)] += len(word.text)
                 if is_bold_font(word.font_name):
                     bold_characters[index] += len(word.text)
                 break
     for index, line in enumerate(lines):
         if characters[index]:
             line.bold_share = bold_characters[index] / characters[index]
+            line.font_height = word_heights[index].most_common(1)[0][0]
 
 
 def page_lines(parsed_page: SegmentedPdfPage) -> list[TextLine]:
-    """The page's visual lines, top to bottom, with their bold share taken from the word cells."""
+    """The page's visual lines, top to bottom, with their bold share and font height taken from the word cells."""
     page_height = parsed_page.dimension.height
     fragments = sorted(cell_lines(parsed_page.textline_cells, page_height), key=lambda line: line.top)
-    _assign_bold_shares(fragments, parsed_page.word_cells, page_height)
+    _assign_word_styles(fragments, parsed_page.word_cells, page_height)
     return join_visual_lines(fragments)

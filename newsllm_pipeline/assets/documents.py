@@ -2,6 +2,7 @@
 (one dynamic partition per document) → the instruction dataset (all documents)."""
 
 from pathlib import Path
+from textwrap import shorten
 
 import dagster as dg
 import pandas as pd
@@ -266,7 +267,9 @@ def training_dataset(
             metadata={"strategy": config.strategy, **synthesis, "documents": len(keys), "written": False},
         )
     files = write_dataset(dataset, Path(document_store.dataset_dir))
-    sample = pd.DataFrame([{"instruction": e.instruction, "output": e.output[:200]} for e in dataset.train[:10]])
+    # Outputs shortened at a word for the preview only (the dataset keeps them whole).
+    rows = [{"instruction": e.instruction, "output": shorten(e.output, 200, placeholder=" […]")} for e in dataset.train]
+    sample = pd.DataFrame(rows[:10])
     return dg.MaterializeResult(
         check_results=checks,
         metadata={

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,6 +29,8 @@ from newsllm_pipeline import db
 from newsllm_pipeline.cli import main
 from newsllm_pipeline.feeds import MB, FeedLimits, ingest_feeds
 from tests.conftest import sample_rows
+
+SHARED_PDFS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pdfs"
 
 # `newsllm process-document --out`: never delete what the chain did not write ---------------------------------
 
@@ -409,3 +412,75 @@ def test_deep_or_non_object_json_bodies_get_a_400_in_each_apis_error_shape(body)
     assert original.status_code == 400 and original.json()["success"] is False
     assert "JSON" in original.json()["error"]
     assert openai.status_code == 400 and openai.json()["error"]["type"] == "invalid_request_error"
+
+
+# Documents: size limits judged before conversion, and a time limit ------------------------------------------
+
+
+def _docx(path: Path, paragraphs: int) -> Path:
+    import docx
+
+    document = docx.Document()
+    for number in range(paragraphs):
+        document.add_paragraph(f"Párrafo {number} del informe.")
+    document.save(path)
+    return path
+
+
+def _docx_bomb(path: Path, paragraphs: int) -> Path:
+    """A valid DOCX whose document.xml repeats one paragraph: a few hundred KB that expand a few hundred times."""
+    template = _docx(path.with_name("plantilla.docx"), 1)
+    body = "<w:p><w:r><w:t>a</w:t></w:r></w:p>" * paragraphs
+    with zipfile.ZipFile(template) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as bomb:
+        for member in source.infolist():
+            data = source.read(member)
+            if member.filename == "word/document.xml":
+                data = re.sub(rb"<w:body>.*<w:sectPr", f"<w:body>{body}<w:sectPr".encode(), data, flags=re.S)
+            bomb.writestr(member, data, compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
+    return path
+
+
+@pytest.fixture(scope="module")
+def converter():
+    from newsllm_pipeline.documents.conversion import offline_converter
+
+    return offline_converter()
+
+
+def test_a_docx_bomb_is_refused_from_its_zip_directory_in_moments(tmp_path, converter):
+    from newsllm_pipeline.documents.conversion import DocumentConversionError, convert_document
+
+    bomb = _docx_bomb(tmp_path / "bomba.docx", 1_000_000)
+    assert bomb.stat().st_size < 500 * 1024
+    started = time.monotonic()
+    with pytest.raises(DocumentConversionError, match=r"bomba\.docx: the DOCX expands \d+ times") as raised:
+        convert_document(bomb, tmp_path / "salida", converter)
+    assert time.monotonic() - started < 5 and "NEWSLLM_DOCX_MAX_RATIO" in str(raised.value)
+    assert not (tmp_path / "salida").exists()
+
+
+def test_the_docx_size_limit_is_configurable_and_a_normal_docx_converts(tmp_path, converter, monkeypatch):
+    from newsllm_pipeline.documents.conversion import DocumentConversionError, convert_document
+
+    report = _docx(tmp_path / "informe.docx", 50)
+    assert "Párrafo 49" in convert_document(report, tmp_path / "bien", converter).markdown_path.read_text()
+    monkeypatch.setenv("NEWSLLM_DOCX_MAX_UNCOMPRESSED_MB", "0.01")
+    with pytest.raises(DocumentConversionError, match="over the 0.01 MB limit .NEWSLLM_DOCX_MAX_UNCOMPRESSED_MB."):
+        convert_document(report, tmp_path / "mal", converter)
+
+
+def test_a_conversion_over_the_time_limit_is_an_error_and_writes_nothing(tmp_path, monkeypatch):
+    from newsllm_pipeline.documents.conversion import DocumentConversionError, convert_document, offline_converter
+
+    monkeypatch.setenv("NEWSLLM_DOC_TIMEOUT_S", "0.001")
+    slow = offline_converter()  # Docling reads the PDF timeout when the converter is built
+    for source in (SHARED_PDFS / "multi_page.pdf", _docx(tmp_path / "informe.docx", 20)):
+        with pytest.raises(DocumentConversionError, match=r"over the 0\.001 s limit \(NEWSLLM_DOC_TIMEOUT_S\)"):
+            convert_document(source, tmp_path / source.stem, slow)
+        assert not (tmp_path / source.stem).exists()
+
+
+def test_process_document_reports_a_limit_and_exits_non_zero(tmp_path):
+    bomb = _docx_bomb(tmp_path / "bomba.docx", 200_000)
+    result = _process(bomb, tmp_path / "salida")
+    assert result.exit_code == 1 and "the DOCX expands" in result.output

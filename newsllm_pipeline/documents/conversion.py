@@ -30,6 +30,7 @@ from docling_core.types.doc import ImageRefMode
 
 from ..files import staged_folder
 from .layout import FontLayoutOptions, move_running_furniture
+from .limits import DocumentLimitExceeded, DocumentLimits, check_conversion_time, check_document_input
 from .tables import TextLayerTableModel, TextLayerTableOptions
 
 MARKDOWN_NAME = "texto.md"
@@ -108,6 +109,7 @@ def _table_structure_without_torchvision():
 
 
 def _converter(options: PdfPipelineOptions) -> DocumentConverter:
+    options.document_timeout = DocumentLimits.from_settings().max_seconds  # PDFs: Docling stops between pages
     return DocumentConverter(
         allowed_formats=FORMATS, format_options={InputFormat.PDF: PdfFormatOption(pipeline_options=options)}
     )
@@ -197,6 +199,11 @@ def convert_document(source: Path, out_dir: Path, converter: DocumentConverter) 
     into `out_dir`. The folder appears complete or not at all; a failure raises
     DocumentConversionError naming the file and the reason."""
     started = time.perf_counter()
+    limits = DocumentLimits.from_settings()
+    try:
+        check_document_input(source, limits)
+    except DocumentLimitExceeded as error:
+        raise DocumentConversionError(f"{source}: {error}") from error
     try:
         result = converter.convert(source, raises_on_error=False)
     except Exception as error:  # docling raises for formats it cannot even detect
@@ -206,6 +213,10 @@ def convert_document(source: Path, out_dir: Path, converter: DocumentConverter) 
         docling_says = "; ".join(item.error_message for item in result.errors) or result.status.value
         reason = _what_is_wrong(source) or f"Docling could not convert it ({docling_says})"
         raise DocumentConversionError(f"{source}: {reason}")
+    try:
+        check_conversion_time(time.perf_counter() - started, [item.error_message for item in result.errors], limits)
+    except DocumentLimitExceeded as error:
+        raise DocumentConversionError(f"{source}: {error}") from error
     _require_content(source, result, converter)
     if source.suffix.lower() == ".pdf":
         move_running_furniture(result.document)

@@ -48,9 +48,10 @@ def failure_reasons(result: dg.ExecuteInProcessResult) -> str:
     return "; ".join(reasons) or "the run failed"
 
 
-def process_documents(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Callable[[str], None]) -> None:
-    """Tick the inbox sensor once, run the document chain for each document it finds, build the dataset.
-    A document that fails does not stop the others, but fails the demo before the dataset is built."""
+def process_documents(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Callable[[str], None]) -> bool:
+    """Tick the inbox sensor once, run the document chain for each document it finds, build the dataset; False
+    when the inbox is empty. A document that fails does not stop the others, but fails the demo before the
+    dataset is built."""
     sensor = defs.resolve_sensor_def("raw_documents_sensor")
     resources = {"document_store": defs.resources["document_store"]}
     with dg.build_sensor_context(instance=instance, resources=resources) as context:
@@ -58,7 +59,7 @@ def process_documents(defs: dg.Definitions, instance: dg.DagsterInstance, echo: 
         tick = sensor(context)
     if isinstance(tick, dg.SkipReason):
         echo(f"    inbox sensor: {tick.skip_message}")
-        return
+        return False
     for request in tick.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     job = defs.resolve_job_def("process_documents_job")
@@ -88,6 +89,7 @@ def process_documents(defs: dg.Definitions, instance: dg.DagsterInstance, echo: 
         f"{metadata['documents'].value} documents in {metadata['folder'].value}"
     )
     echo(metadata["sample"].value)
+    return True
 
 
 def train_document_adapter(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Callable[[str], None]) -> None:
@@ -196,9 +198,12 @@ def run_demo(echo: Callable[[str], None]) -> None:
     echo(f"status: {db.status_counts(engine, database.max_attempts)}")
 
     echo("4/6 documents in data/raw_pdfs -> Docling Markdown, picture descriptions, instruction dataset")
-    process_documents(defs, instance, echo)
+    documents = process_documents(defs, instance, echo)
     echo("5/6 a LoRA adapter on the instruction dataset (lora_training_job)")
-    train_document_adapter(defs, instance, echo)
+    if documents:
+        train_document_adapter(defs, instance, echo)
+    else:
+        echo("    no documents in the inbox, so no instruction dataset to train on")
     echo("6/6 the categoriser specialised: a LoRA adapter on the reviewed noticias (categorizer_training_job)")
     train_categorizer_adapter(defs, instance, echo)
     echo("Open the Dagster UI with `make dev` to see the runs, the asset metadata and the sensors.")

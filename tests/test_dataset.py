@@ -268,3 +268,12 @@ def test_a_failed_write_leaves_the_previous_dataset_intact(tmp_path, monkeypatch
         write_dataset(build_dataset(reference_examples() + described_examples()), out_dir)
     assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before
     assert [path.name for path in tmp_path.iterdir()] == ["dataset"]
+
+
+def test_control_characters_of_a_form_do_not_reach_the_answers():
+    """The sample questionnaire's check boxes come out of its PDF as "\x84"."""
+    fixture = Path(__file__).parent / "data" / "documents" / "questionnaire_texto_final.md"
+    markdown = fixture.read_text(encoding="utf-8")  # texto_final.md of table_mislabeled_as_picture.pdf
+    assert "\x84" in markdown
+    examples = examples_from_sections(split_sections("table_mislabeled_as_picture", markdown))
+    assert examples and not any(re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", e.output) for e in examples)

@@ -162,7 +162,11 @@ class DatasetFiles:
         return content_version(self.train_jsonl, self.eval_jsonl)
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]+")  # e.g. form check boxes decoded as "\x84"
+
+
 def _clean(line: str) -> str:
+    line = _CONTROL.sub(" ", line)
     return html.unescape(ESCAPED_CHARACTER.sub(r"\1", re.sub(r"\s+", " ", line).strip()))
 
 

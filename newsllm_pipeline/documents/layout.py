@@ -4,13 +4,15 @@ It recovers section headers, paragraphs, list items, captions, tables, page head
 pictures from docling-parse's text cells, joined into visual lines (`textlines.py`):
 
 - headings: a line in the PDF's own outline (bookmarks) on that page; otherwise a short line that
-  reads like a title and is set taller than the document's body text or bold in a non-bold body
-  (body height and weight are counted over the document's pages so far, not fixed thresholds);
-  a numbered line ("2.1 Scope", "A.2", "IV.") needs only a slightly larger or partly bold font.
-  A lone fragment (no two letters), a line ending like a sentence, or one starting in lower case
-  never is;
+  reads like a title and whose words are set taller than the document's body text or bold in a
+  non-bold body (body height and weight are counted over the document's pages so far, not fixed
+  thresholds); a numbered line ("2.1 Scope", "A.2", "IV.") needs only a slightly larger or partly
+  bold font; the first page's tallest line is the title, its other large regular-weight lines are
+  a cover's authors and dates. A lone fragment (no two letters), a formula, a line ending like a
+  sentence, a table-of-contents entry, a bulleted item, or a bold run starting in lower case never is;
 - page furniture: page numbers, short lines in the outer bands, and any line in the outer bands
-  that repeats (digits aside) one in the same band of an earlier page: running headers/footers;
+  that repeats one of an earlier page (same first words, digits aside, at the same height): running
+  headers/footers; `move_running_furniture` then catches their first occurrence in the document;
 - tables: runs of rows with short texts aligned in at least three columns (`tables.py`), emitted as
   table clusters that the text-layer table engine turns into cells;
 - paragraphs and list items from gaps and indents, column by column: a line continues the block
@@ -48,7 +50,9 @@ from .textlines import TextLine, page_lines, top_left_box
 # (left, top, right, bottom) in points, top-left origin.
 BoxCoordinates = tuple[float, float, float, float]
 
-LIST_MARKER = re.compile(r"^\s*(?:[•∞●▪◦‣⁃○■□►➢✓\-–—*·]|\(?\d{1,2}[.)]|\(?[a-z][.)])\s+")
+BULLET = r"[•∞●▪◦‣⁃○■□►➢✓\-–—*·]"
+LIST_MARKER = re.compile(rf"^\s*(?:{BULLET}|\(?\d{{1,2}}[.)]|\(?[a-z][.)])\s+")
+BULLETED = re.compile(rf"^\s*{BULLET}\s+")
 CAPTION_START = re.compile(
     r"^\s*(?:figure|fig\.|table|tab\.|listing|abbildung|figura|tabla|imagen|gráfico)\s*\d+[.:]?", re.IGNORECASE
 )
@@ -208,6 +212,7 @@ def reads_like_heading(text: str) -> bool:
         and len(text.split()) <= HEADING_MAX_WORDS
         and not text.endswith(SENTENCE_END)
         and not TOC_ENTRY.search(text)
+        and not BULLETED.match(text)  # a list item in bold
     )
 
 

@@ -232,9 +232,10 @@ def main() -> None:
     if args.quality:
         import categorize_quality  # the workers stay free of its imports (Dagster assets): their RSS is their own
 
-        quality = categorize_quality.evaluate(list(categorize_quality.PACKAGED_MODELS))
-        categorize_quality.merge_into(args.out, quality)
-        print(categorize_quality.summary(quality))
+        for item_set in categorize_quality.ITEM_SETS:
+            quality = categorize_quality.evaluate(list(categorize_quality.PACKAGED_MODELS), item_set)
+            categorize_quality.merge_into(args.out, item_set, quality)
+            print(categorize_quality.summary(quality))
         return
     model_dir = resolve_model_dir(args.model)
     texts, labels = load_items(args.items)

@@ -4,9 +4,9 @@ For every combination it measures, on the held-out (development) items, accuracy
 calibration error (ECE, 10 bins), accuracy on the most confident half, the mean confidence of right and of
 wrong answers, and items/s over every sample item (model loading excluded). The adapters are trained here, one
 per model, exactly as `categorizer_adapter` trains the demo's (the scorer's zero-shot prompt, each item with
-its lede and as a headline alone, 2 epochs); an adapter already trained on the same data, model and settings
-is reused. The review threshold the statistics use is chosen from the default model's few-shot answers: the
-lowest confidence whose answers are right at least REVIEW_TARGET of the time.
+its lede and as a headline alone, CategorizerTrainingConfig's epochs); an adapter already trained on the same
+data, model and settings is reused. The review threshold the statistics use is chosen from the default model's
+few-shot answers: the lowest confidence whose answers are right at least REVIEW_TARGET of the time.
 
 Two item sets (--items), each split by a hash of the item's url (of its section page and headline where it has
 no url) into training items and 20 % held out, the development split the adapters never see:
@@ -42,7 +42,7 @@ from newsllm_pipeline.assets.training import CategorizerTrainingConfig
 from newsllm_pipeline.categorizer import DEFAULT_CATEGORIES, Prediction, item_text
 from newsllm_pipeline.categorizer.adapter import PROMPT_SETTINGS, PromptSettings, training_records, with_headline_only
 from newsllm_pipeline.categorizer.metrics import quality_report, review_threshold
-from newsllm_pipeline.categorizer.training_set import is_eval_side
+from newsllm_pipeline.categorizer.training_set import REAL_EVAL_SHARE, split_real_items
 from newsllm_pipeline.demo import gold_labels
 from newsllm_pipeline.feeds import parse_feed
 from newsllm_pipeline.files import read_jsonl
@@ -54,7 +54,6 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "categorize.json"
 ADAPTERS_DIR = settings.PROJECT_HOME / "models" / "benchmark_adapters"
 REAL_ITEMS = settings.PROJECT_HOME / "data" / "noticias_reales" / "items.jsonl"
 SPEED_ITEMS = 200
-EVAL_SHARE = 0.2  # as categorizer_training_set holds out
 REVIEW_TARGET = 0.8
 FIELDS = {
     "headline": lambda row: row["titulo"],
@@ -82,17 +81,6 @@ ITEM_SETS = {
     "real": (real_items, "real headlines labelled by their outlets' own signals (data/noticias_reales)"),
     "sample": (sample_items, "sample feeds with hand labels: hand-written items, easier than real headlines"),
 }
-
-
-def split_key(row: dict) -> str:
-    """What decides an item's side: its url, or its section page and headline where it has no url."""
-    return row.get("url") or f"{row.get('section_url')}\n{row['titulo']}"
-
-
-def labelled_splits(items: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(train, held out), split by a hash of `split_key`: an item never changes side."""
-    held_out = [row for row in items if is_eval_side(split_key(row), EVAL_SHARE)]
-    return [row for row in items if not is_eval_side(split_key(row), EVAL_SHARE)], held_out
 
 
 def train_adapter(model_dir: str, train: list[dict], item_set: str) -> Path:
@@ -145,7 +133,7 @@ def measure(categorizer: CategorizerResource, held_out: list[dict], speed_items:
 
 def evaluate(names: list[str], item_set: str = "real") -> dict:
     load, description = ITEM_SETS[item_set]
-    train, held_out = labelled_splits(load())
+    train, held_out = split_real_items(load(), REAL_EVAL_SHARE)  # the split categorizer_training_set uses
     print(f"{len(train)} training items, {len(held_out)} held out ({description})")
     speed_items = (held_out + train)[:SPEED_ITEMS]
     combos = {}
@@ -161,7 +149,7 @@ def evaluate(names: list[str], item_set: str = "real") -> dict:
     return {
         "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "items": f"{description}: {len(train)} to train the adapters, {len(held_out)} held out "
-        f"(url hash, {EVAL_SHARE:.0%})",
+        f"(url hash, {REAL_EVAL_SHARE:.0%})",
         "held_out_per_category": dict(Counter(row["categoria"] for row in held_out)),
         "torch_threads": torch.get_num_threads(),
         "default_model": default,

@@ -10,22 +10,28 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 
 from newsllm_pipeline import db, settings
+from newsllm_pipeline.categorizer import DEFAULT_CATEGORIES
 from newsllm_pipeline.categorizer.training_set import (
     FEED_TAG_CATEGORIES,
     URL_SECTION_CATEGORIES,
     build_labelled_set,
     import_reviews_csv,
     read_labelled_split,
+    real_item_key,
+    split_real_items,
     trusted_label,
     url_section_label,
     url_sections,
+    with_real_items,
     write_labelled_set,
 )
 from newsllm_pipeline.cli import main
 from newsllm_pipeline.feeds import ingest_feeds, parse_feed
+from newsllm_pipeline.files import read_jsonl
 
 SAMPLE_FEEDS = sorted(str(path) for path in (settings.PROJECT_HOME / "data" / "feeds").glob("*.xml"))
 LABELS_CSV = settings.PROJECT_HOME / "data" / "feeds" / "labels.csv"
+REAL_ITEMS = settings.PROJECT_HOME / "data" / "noticias_reales" / "items.jsonl"
 
 
 def _hand_labels() -> dict[str, str]:
@@ -161,6 +167,77 @@ def test_an_item_keeps_its_side_of_the_split_as_rows_are_added_and_reviewed():
     after_train, after_eval = {i.url for i in after.train}, {i.url for i in after.eval}
     assert before_eval and before_train <= after_train and before_eval <= after_eval
     assert not before_eval & after_train
+
+
+def test_the_real_set_splits_by_url_or_section_page_and_headline_and_items_never_change_side():
+    rows = read_jsonl(REAL_ITEMS)
+    train, dev = split_real_items(rows)
+    assert len(train) + len(dev) == len(rows) and 0.15 < len(dev) / len(rows) < 0.25
+    dev_keys = {real_item_key(row) for row in dev}
+    assert not dev_keys & {real_item_key(row) for row in train}
+    assert any(row["url"] is None for row in dev)  # section-page items are split by page and headline
+    # Fewer rows, shuffled, or more rows: each item stays on its side.
+    shuffled_train, shuffled_dev = split_real_items(list(reversed(rows[::3])))
+    assert {real_item_key(row) for row in shuffled_dev} == dev_keys & {real_item_key(row) for row in rows[::3]}
+    assert not {real_item_key(row) for row in shuffled_train} & dev_keys
+
+
+def _real_row(titulo: str, url: str | None, categoria: str, section_url: str | None = None) -> dict:
+    return {"titulo": titulo, "resumen": None, "url": url, "section_url": section_url, "categoria": categoria}
+
+
+def _dev_and_train_urls(count: int) -> tuple[list[str], list[str]]:
+    """Urls that `split_real_items` puts in development and in train."""
+    urls = [f"https://real.example/politica/nota-{n}.html" for n in range(count)]
+    train, dev = split_real_items([_real_row(f"t{n}", url, "Política") for n, url in enumerate(urls)])
+    return [row["url"] for row in dev], [row["url"] for row in train]
+
+
+def _train_side_section_page_item() -> dict:
+    """A headline without url, from a section page, that `split_real_items` puts in train."""
+    pages = [_real_row(f"Sin url, titular {n}", None, "Ciencia", "https://real.example/ciencia/") for n in range(20)]
+    return split_real_items(pages)[0][0]
+
+
+def test_real_items_join_train_their_dev_split_is_held_out_and_duplicates_are_merged():
+    table = build_labelled_set(_sample_rows(), min_reviewed_eval=0)
+    table_item = table.train[0]
+    dev_urls, train_urls = _dev_and_train_urls(40)
+    real = [
+        _real_row("Un titular de desarrollo", dev_urls[0], "Política"),
+        _real_row("Un titular para entrenar", train_urls[0], "Economía"),
+        section_page := _train_side_section_page_item(),
+        # Same url as a table item, another label: the table's label wins, no duplicate.
+        _real_row("Otro título", table_item.url, "Otros"),
+        # Same headline as a table item, punctuation and accents aside.
+        _real_row(table_item.text.split("\n")[0].upper() + "!", train_urls[1], "Otros"),
+        # A table item's headline held out as development: it leaves train.
+        _real_row(table.train[1].text.split("\n")[0], dev_urls[1], table.train[1].categoria),
+        _real_row("Categoría que no existe", train_urls[2], "Farándula"),
+    ]
+    merged = with_real_items(table, real, DEFAULT_CATEGORIES)
+
+    assert [item.text for item in merged.real_dev] == ["Un titular de desarrollo", table.train[1].text.split("\n")[0]]
+    assert {item.source for item in merged.real_dev} == {"real"}
+    real_train = [item for item in merged.train if item.source == "real"]
+    assert {item.text for item in real_train} == {"Un titular para entrenar", section_page["titulo"]}
+    assert all(item.id < 0 for item in real_train) and real_item_key(section_page) in {i.url for i in real_train}
+    assert table.train[1] not in merged.train and table_item in merged.train
+    assert not {item.url for item in merged.train} & {item.url for item in merged.real_dev}
+    assert merged.eval == table.eval
+    assert (merged.stats.real_train, merged.stats.real_dev) == (len(real_train), 2)
+    assert merged.stats.train == len(merged.train) == len(table.train) - 1 + len(real_train)
+
+
+def test_the_shipped_real_set_merges_and_its_dev_split_is_written_beside_train(tmp_path):
+    rows = read_jsonl(REAL_ITEMS)
+    merged = with_real_items(build_labelled_set(_sample_rows(), min_reviewed_eval=0), rows, DEFAULT_CATEGORIES)
+    _, dev = split_real_items(rows)
+    assert len(merged.real_dev) == len(dev) and merged.stats.real_train > 900
+    folder = write_labelled_set(merged, tmp_path / "set")
+    assert read_labelled_split(folder / "real_dev.jsonl") == merged.real_dev
+    assert read_labelled_split(folder / "train.jsonl") == merged.train
+    assert not {i.url for i in merged.train} & {real_item_key(row) for row in dev}
 
 
 def test_eval_keeps_to_reviewed_items_once_there_are_enough():

@@ -211,6 +211,7 @@ def test_categorizer_adapter_trains_on_trusted_labels_and_changes_the_scores(mod
     from newsllm_pipeline.categorizer.training_set import import_reviews_csv
     from newsllm_pipeline.feeds import ingest_feeds
     from newsllm_pipeline.resources import CategorizerResource, NoticiasDatabase
+    from newsllm_pipeline.settings import PROJECT_HOME
 
     url = f"sqlite:///{tmp_path / 'noticias.db'}"
     engine = db.create_db_engine(url)
@@ -228,13 +229,25 @@ def test_categorizer_adapter_trains_on_trusted_labels_and_changes_the_scores(mod
         training_assets.categorizer_adapter,
         training_assets.categorizer_evaluation,
     ]
-    run_config = {"ops": {"categorizer_adapter": {"config": {"max_steps": 2, "batch_size": 2, "max_length": 256}}}}
+    # 40 items of the shipped real labelled set: its training split joins train, its development split is scored.
+    real = tmp_path / "real.jsonl"
+    lines = (PROJECT_HOME / "data" / "noticias_reales" / "items.jsonl").read_text(encoding="utf-8")
+    real.write_text("".join(lines.splitlines(keepends=True)[:40]), encoding="utf-8")
+    run_config = {
+        "ops": {
+            "categorizer_training_set": {"config": {"real_items": str(real)}},
+            "categorizer_adapter": {"config": {"max_steps": 2, "batch_size": 2, "max_length": 256}},
+        }
+    }
     result = dg.materialize(assets, resources=resources, run_config=run_config, raise_on_error=False)
 
     labelled = result.asset_materializations_for_node("categorizer_training_set")[0].metadata
     assert labelled["train"].value > 150 and labelled["eval"].value > 30
+    assert labelled["real_dev"].value > 0 and labelled["real_train"].value + labelled["real_dev"].value == 40
     evaluation = result.asset_materializations_for_node("categorizer_evaluation")[0].metadata
     assert evaluation["held_out"].value == labelled["eval"].value
+    assert evaluation["real_dev"].value == labelled["real_dev"].value
+    assert all(0 <= evaluation[f"real_dev_{name}_accuracy"].value <= 1 for name in ("base", "adapter"))
     assert "predicha" in evaluation["confusion_adapter"].value
     [check] = result.get_asset_check_evaluations()
     assert check.passed == (evaluation["adapter_accuracy"].value > evaluation["base_accuracy"].value)

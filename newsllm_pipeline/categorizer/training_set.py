@@ -14,7 +14,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,6 +32,9 @@ TRAIN_JSONL = "train.jsonl"
 EVAL_JSONL = "eval.jsonl"
 TRAIN_PARQUET = "train.parquet"
 EVAL_PARQUET = "eval.parquet"
+REAL_DEV_JSONL = "real_dev.jsonl"
+REAL = "real"  # source of the items of the shipped real labelled set (data/noticias_reales)
+REAL_EVAL_SHARE = 0.2
 STATS_JSON = "stats.json"
 
 REVIEWED = "reviewed"
@@ -188,6 +191,9 @@ class LabelledSetStats:
     feed_agreed: int
     url_checked: int = 0
     url_agreed: int = 0
+    # Items of the real labelled set (data/noticias_reales) in train, and held out as its development split.
+    real_train: int = 0
+    real_dev: int = 0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -198,6 +204,8 @@ class LabelledSet:
     train: list[LabelledItem]
     eval: list[LabelledItem]
     stats: LabelledSetStats
+    # The real labelled set's development items (`split_real_items`), never trained on: issue 9's measure.
+    real_dev: list[LabelledItem] = field(default_factory=list)
 
 
 def url_sections(url: str | None) -> list[str]:
@@ -308,10 +316,7 @@ def build_labelled_set(
         train=len(train),
         eval=len(evaluation),
         eval_reviewed=len(reviewed_held_out),
-        categories={
-            name: {c: n for c in categories if (n := sum(item.categoria == c for item in items))}
-            for name, items in splits.items()
-        },
+        categories={name: _per_category(items, categories) for name, items in splits.items()},
         sources={name: dict(Counter(item.source for item in items)) for name, items in splits.items()},
         skipped=dict(skipped),
         held_out_feed=len(held_out) - len(evaluation),
@@ -321,6 +326,69 @@ def build_labelled_set(
         url_agreed=agreement[URL_SECTION][1],
     )
     return LabelledSet(train=train, eval=evaluation, stats=stats)
+
+
+def real_item_key(row: Mapping) -> str:
+    """What decides a real item's side: its url, or its section page and headline where it has no url."""
+    return row.get("url") or f"{row.get('section_url')}\n{row['titulo']}"
+
+
+def split_real_items(rows: Iterable[Mapping], eval_share: float = REAL_EVAL_SHARE) -> tuple[list, list]:
+    """(train, development) rows of the real labelled set, by a hash of `real_item_key`: an item never changes
+    side. The quality benchmark and `categorizer_training_set` share this split, so the demo's adapter never
+    trains on the items the benchmark measures."""
+    rows = list(rows)
+    dev = [is_eval_side(real_item_key(row), eval_share) for row in rows]
+    return [row for row, held in zip(rows, dev, strict=True) if not held], [
+        row for row, held in zip(rows, dev, strict=True) if held
+    ]
+
+
+def _title_key(text: str) -> str:
+    """A headline folded, punctuation and spacing collapsed: the same story from two sources matches."""
+    return " ".join(re.sub(r"[^\w]+", " ", fold(text.split("\n", 1)[0])).split())
+
+
+def _real_item(row: Mapping, index: int) -> LabelledItem:
+    return LabelledItem(
+        id=-index - 1,
+        url=real_item_key(row),
+        text=item_text(row["titulo"], row.get("resumen")),
+        categoria=row["categoria"],
+        source=REAL,
+    )
+
+
+def with_real_items(labelled: LabelledSet, real_rows: Sequence[Mapping], categories: Sequence[str]) -> LabelledSet:
+    """The table's labelled set merged with the real labelled set: its training items join train, its development
+    items go to `real_dev`. The table's own label wins over a real item with the same url or headline, and a
+    table item that duplicates a development item leaves train (a development item is never trained on)."""
+    rows = [row for row in real_rows if row.get("categoria") in categories and row.get("titulo")]
+    train_rows, dev_rows = split_real_items(rows)
+    real_dev = [_real_item(row, index) for index, row in enumerate(dev_rows)]
+    dev_keys = {item.url for item in real_dev} | {_title_key(item.text) for item in real_dev}
+    table_train = [item for item in labelled.train if not {item.url, _title_key(item.text)} & dev_keys]
+    seen = {key for item in [*labelled.train, *labelled.eval] for key in (item.url, _title_key(item.text))}
+    real_train = []
+    for index, row in enumerate(train_rows, start=len(dev_rows)):
+        item = _real_item(row, index)
+        if not {item.url, _title_key(item.text)} & (seen | dev_keys):
+            real_train.append(item)
+            seen |= {item.url, _title_key(item.text)}
+    train = table_train + real_train
+    stats = replace(
+        labelled.stats,
+        train=len(train),
+        categories={**labelled.stats.categories, "train": _per_category(train, categories)},
+        sources={**labelled.stats.sources, "train": dict(Counter(item.source for item in train))},
+        real_train=len(real_train),
+        real_dev=len(real_dev),
+    )
+    return LabelledSet(train=train, eval=labelled.eval, stats=stats, real_dev=real_dev)
+
+
+def _per_category(items: Sequence[LabelledItem], categories: Sequence[str]) -> dict[str, int]:
+    return {c: n for c in categories if (n := sum(item.categoria == c for item in items))}
 
 
 def _count_agreement(agreement, row, reviewed, tag_map, section_map, categories) -> None:
@@ -365,6 +433,8 @@ def write_labelled_set(labelled: LabelledSet, out_dir: Path) -> Path:
             with open(staging / jsonl, "w", encoding="utf-8") as file:
                 file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             pq.write_table(pa.Table.from_pylist(rows, schema=_SCHEMA), staging / parquet)
+        with open(staging / REAL_DEV_JSONL, "w", encoding="utf-8") as file:
+            file.writelines(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in labelled.real_dev)
         (staging / STATS_JSON).write_text(
             json.dumps(labelled.stats.as_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )

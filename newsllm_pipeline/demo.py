@@ -173,10 +173,13 @@ def run_demo(echo: Callable[[str], None]) -> None:
     materialization = ingest.asset_materializations_for_node("noticias")[0]
     echo(f"    {materialization.metadata['new_items'].value} new noticias")
 
-    echo(
-        "2/6 categorising with the local LLM (sensor -> categorize_noticias_job runs; the categoriser adapter an "
-        "earlier demo trained is used: NEWSLLM_USE_CURRENT_ADAPTER=0 turns that off)"
+    adapter = defs.resources["categorizer"].trained_adapter()
+    how = (
+        f"with the categoriser adapter an earlier demo trained ({adapter}; NEWSLLM_USE_CURRENT_ADAPTER=0 turns it off)"
+        if adapter
+        else "few-shot: no categoriser adapter has been trained yet (step 6 trains one)"
     )
+    echo(f"2/6 categorising with the local LLM (sensor -> categorize_noticias_job runs), {how}")
     clock = time.perf_counter()
     runs = drain_backlog(defs, instance, echo)
     echo(f"    {runs} runs in {time.perf_counter() - clock:.0f}s")
@@ -198,8 +201,8 @@ def run_demo(echo: Callable[[str], None]) -> None:
         correct = sum(row["llm_categoria"] == gold[urls[row["id"]]] for row in scored)
         echo(
             f"agreement with the hand labels in {LABELS_CSV.name}: {correct}/{len(scored)} "
-            f"({correct / len(scored):.0%}; chance is {1 / 15:.0%}; an adapter from an earlier demo was trained on "
-            "80 % of these items, which flatters it)"
+            f"({correct / len(scored):.0%}; chance is {1 / 15:.0%}"
+            + ("; the adapter was trained on 80 % of these items, which flatters it)" if adapter else ")")
         )
     echo(f"status: {db.status_counts(engine, database.max_attempts)}")
 

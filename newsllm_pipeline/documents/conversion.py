@@ -29,7 +29,7 @@ from docling.models.factories.table_factory import TableStructureFactory
 from docling_core.types.doc import ImageRefMode
 
 from ..files import staged_folder
-from .layout import FontLayoutOptions, move_running_furniture
+from .layout import FontLayoutModel, FontLayoutOptions, move_running_furniture
 from .limits import DocumentLimitExceeded, DocumentLimits, check_conversion_time, check_document_input
 from .tables import TextLayerTableModel, TextLayerTableOptions
 
@@ -130,6 +130,24 @@ def _bundled_rapidocr_options() -> RapidOcrOptions:
     )
 
 
+class _LayoutOfOcrText:
+    """Docling's PDF pipeline runs OCR after layout, on the layout's regions, so the layout engine sees a
+    scanned page as one picture and each OCR line would end up as a paragraph of its own. This OCR stage
+    lays the OCR'd pages out again from their OCR lines (with a layout engine of its own, whose
+    statistics are those of the OCR'd pages: OCR boxes are not font boxes)."""
+
+    def __init__(self, ocr_model, layout_options: FontLayoutOptions) -> None:
+        self.ocr_model = ocr_model
+        self.layout_model = FontLayoutModel(layout_options)
+
+    def __call__(self, conv_res, page_batch):
+        for page in self.ocr_model(conv_res, page_batch):
+            cells = page.parsed_page.textline_cells if page.parsed_page is not None else []
+            if any(cell.from_ocr for cell in cells):
+                page.predictions.layout = self.layout_model.predict_layout(conv_res, [page])[0]
+            yield page
+
+
 def offline_converter(
     images_scale: float = 2.0, ocr: bool = False, picture_description: PictureDescriptionApiOptions | None = None
 ) -> DocumentConverter:
@@ -163,6 +181,9 @@ def offline_converter(
     converter = _converter(options)
     with _table_structure_without_torchvision():
         converter.initialize_pipeline(InputFormat.PDF)
+    if ocr:
+        pipeline = converter._get_pipeline(InputFormat.PDF)
+        pipeline.ocr_model = _LayoutOfOcrText(pipeline.ocr_model, options.layout_options)
     return converter
 
 

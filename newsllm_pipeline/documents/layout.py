@@ -84,6 +84,8 @@ OUTLINE_MATCH_MIN_SHARE = 0.5  # a line must hold at least this share of a bookm
 REMEMBERED_DOCUMENTS = 4
 FURNITURE_SIGNATURE_WORDS = 2
 FURNITURE_POSITION_TOLERANCE = 4.0  # points: a running header sits at the same height on every page
+OCR_HEADING_HEIGHT_RATIO = 1.3  # OCR boxes vary by a tenth: only a clearly taller line is a heading by height
+OCR_HEADING_MAX_WIDTH = 0.8  # share of the page's text width a lone OCR line may fill to be a heading
 GUTTER_MAX_CROSSING = 0.1  # share of a page's lines that may cross a column gutter (titles, full-width figures)
 GUTTER_MIN_SIDE = 0.2  # share of the lines each page column holds at least
 GUTTER_MIN_FILL = 0.5  # most of a page column's text is in lines that fill at least this share of its width
@@ -227,6 +229,9 @@ def is_heading(line: TextLine, stats: BodyStatistics, page_no: int, state: Docum
     if not reads_like_heading(text):
         return False
     height_ratio = line.font_height / stats.body_height
+    if line.from_ocr:  # a scan: no fonts, and heights only when clearly taller (see `lone_ocr_headings`)
+        is_numbered = NUMBERED_HEADING.match(text) is not None
+        return not _continues_sentence(text) and (height_ratio >= OCR_HEADING_HEIGHT_RATIO or is_numbered)
     bold_share = 0.0 if stats.body_is_bold else line.bold_share
     is_numbered = NUMBERED_HEADING.match(text) is not None
     on_first_page = page_no == state.first_page
@@ -385,7 +390,27 @@ def page_blocks(lines: list[TextLine], page: tuple[int, float], state: DocumentS
     tables = [table for column in page_columns(body) for table in table_blocks(column)]
     in_tables = {id(line) for table in tables for line in table.lines}
     rest = [line for line in lines if id(line) not in in_tables]
-    return tables + group_blocks(rest, stats.body_height)
+    blocks = group_blocks(rest, stats.body_height)
+    lone_ocr_headings(blocks)
+    return tables + blocks
+
+
+def lone_ocr_headings(blocks: Sequence[LayoutBlock]) -> None:
+    """On a scan, a heading set bold or slightly larger looks like body text to OCR; what still shows it is
+    that it stands alone: a one-line block, set apart by paragraph gaps, that reads like a title, starts
+    with a capital and leaves much of the line empty."""
+    ocr_lines = [block.lines[0] for block in blocks if block.lines[0].from_ocr]
+    if not ocr_lines:
+        return
+    text_left = min(line.left for line in ocr_lines)
+    text_width = max(line.right for line in ocr_lines) - text_left
+    for block in blocks:
+        line = block.lines[0]
+        if block.label == "text" and len(block.lines) == 1 and line.from_ocr:
+            text = line.text.strip()
+            short = line.right - text_left < OCR_HEADING_MAX_WIDTH * text_width
+            if short and text[:1].isupper() and reads_like_heading(text) and not _continues_sentence(text):
+                block.label = line.label = "section_header"
 
 
 def _page_clusters(parsed_page: SegmentedPdfPage, blocks: list[LayoutBlock]) -> list[Cluster]:

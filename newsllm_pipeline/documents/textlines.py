@@ -40,6 +40,8 @@ class TextLine:
     label: str = "text"
     # Height of most of its words: a line's box grows with a superscript or a formula, its words' do not.
     font_height: float = 0.0
+    # Read by OCR from a scan: no font, and a box height that varies by a tenth from line to line.
+    from_ocr: bool = False
 
     @property
     def height(self) -> float:
@@ -84,9 +86,12 @@ def cell_lines(cells: Iterable[TextCell], page_height: float) -> list[TextLine]:
     for cell in cells:
         if cell.text.strip():
             box = top_left_box(cell.rect, page_height)
-            bold = float(is_bold_font(cell.font_name))
+            bold = float(is_bold_font(getattr(cell, "font_name", "")))  # OCR cells have no font
             height = box.b - box.t
-            lines.append(TextLine(cell.text.strip(), box.l, box.t, box.r, box.b, bold, [cell], font_height=height))
+            from_ocr = getattr(cell, "from_ocr", False)
+            line = TextLine(cell.text.strip(), box.l, box.t, box.r, box.b, bold, [cell], font_height=height)
+            line.from_ocr = from_ocr
+            lines.append(line)
     return lines
 
 
@@ -132,6 +137,7 @@ def _joined(line: TextLine, other: TextLine) -> TextLine:
         bottom=max(line.bottom, other.bottom),
         bold_share=(line.bold_share * len(line.text) + other.bold_share * len(other.text)) / characters,
         cells=cells,
+        from_ocr=line.from_ocr or other.from_ocr,
     )
 
 

@@ -52,7 +52,7 @@ from newsllm_pipeline.training.lora import train_lora
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "categorize.json"
 ADAPTERS_DIR = settings.PROJECT_HOME / "models" / "benchmark_adapters"
-REAL_ITEMS = settings.PROJECT_HOME / "data" / "noticias_reales" / "items.jsonl"
+REAL_ITEMS = settings.SHIPPED_REAL_ITEMS
 SPEED_ITEMS = 200
 REVIEW_TARGET = 0.8
 FIELDS = {

@@ -16,9 +16,11 @@ if TYPE_CHECKING:  # Dagster is imported where a resource is built: plain module
 ENV_PREFIX = "NEWSLLM_"
 
 
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
 def _default_home() -> Path:
-    checkout = Path(__file__).resolve().parent.parent
-    return checkout if (checkout / "pyproject.toml").exists() else Path.cwd()
+    return CHECKOUT if (CHECKOUT / "pyproject.toml").exists() else Path.cwd()
 
 
 PROJECT_HOME = Path(os.environ.get("NEWSLLM_HOME", _default_home())).resolve()
@@ -28,6 +30,8 @@ DEFAULT_MODEL_DIR = PROJECT_HOME / "models" / "base" / "SmolLM2-135M-Instruct"
 DEFAULT_CATEGORIZER_MODEL_DIR = PROJECT_HOME / "models" / "base" / "gemma-3-270m"
 DEFAULT_CATEGORIZER_ADAPTERS_DIR = PROJECT_HOME / "models" / "categorizer_adapters"
 DEFAULT_FEEDS_GLOB = str(PROJECT_HOME / "data" / "feeds" / "*.xml")
+# Shipped with the checkout, not the site's data: found wherever NEWSLLM_HOME points.
+SHIPPED_REAL_ITEMS = CHECKOUT / "data" / "noticias_reales" / "items.jsonl"
 
 
 def default_database_url() -> str:

@@ -211,7 +211,7 @@ def test_categorizer_adapter_trains_on_trusted_labels_and_changes_the_scores(mod
     from newsllm_pipeline.categorizer.training_set import import_reviews_csv
     from newsllm_pipeline.feeds import ingest_feeds
     from newsllm_pipeline.resources import CategorizerResource, NoticiasDatabase
-    from newsllm_pipeline.settings import PROJECT_HOME
+    from newsllm_pipeline.settings import SHIPPED_REAL_ITEMS
 
     url = f"sqlite:///{tmp_path / 'noticias.db'}"
     engine = db.create_db_engine(url)
@@ -231,7 +231,7 @@ def test_categorizer_adapter_trains_on_trusted_labels_and_changes_the_scores(mod
     ]
     # 40 items of the shipped real labelled set: its training split joins train, its development split is scored.
     real = tmp_path / "real.jsonl"
-    lines = (PROJECT_HOME / "data" / "noticias_reales" / "items.jsonl").read_text(encoding="utf-8")
+    lines = SHIPPED_REAL_ITEMS.read_text(encoding="utf-8")
     real.write_text("".join(lines.splitlines(keepends=True)[:40]), encoding="utf-8")
     run_config = {
         "ops": {

@@ -32,7 +32,7 @@ from ..plots import chart_markdown
 from ..resources import CategorizerResource, NoticiasDatabase
 from ..resources.documents import DocumentStore
 from ..resources.training import LoraTrainerResource
-from ..settings import PROJECT_HOME
+from ..settings import PROJECT_HOME, SHIPPED_REAL_ITEMS
 from ..training.lora import PROFILES, LoraSettings, TrainingRun, alpaca_records, train_lora
 from .documents import training_dataset
 from .noticias import noticias
@@ -260,9 +260,9 @@ def adapter_evaluation(
 
 class CategorizerSetConfig(dg.Config):
     real_items: str = Field(
-        default="data/noticias_reales/items.jsonl",
-        description="The real labelled set merged into the table's labels (relative to the project home); "
-        "empty: the table's labels only",
+        default=str(SHIPPED_REAL_ITEMS),
+        description="The real labelled set merged into the table's labels (a relative path is read from the "
+        "project home); default: the set this checkout ships; empty: the table's labels only",
     )
 
     def real_rows(self) -> list[dict]:

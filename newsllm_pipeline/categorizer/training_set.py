@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 from .. import db
 from ..documents.dataset import stable_hash
 from ..files import read_jsonl, staged_folder
-from ..text import fold
+from ..text import fold, words_only
 from .prompt import DEFAULT_CATEGORIES, item_text
 
 TRAIN_JSONL = "train.jsonl"
@@ -346,7 +346,7 @@ def split_real_items(rows: Iterable[Mapping], eval_share: float = REAL_EVAL_SHAR
 
 def _title_key(text: str) -> str:
     """A headline folded, punctuation and spacing collapsed: the same story from two sources matches."""
-    return " ".join(re.sub(r"[^\w]+", " ", fold(text.split("\n", 1)[0])).split())
+    return words_only(fold(text.split("\n", 1)[0]))
 
 
 def _real_item(row: Mapping, index: int) -> LabelledItem:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 
+from ..text import words_only
 from .markdown import ESCAPED_CHARACTER, HTML_COMMENT, IMAGE_LINK, WORD
 
 _TAG = re.compile(r"</?[A-Za-z][^>]*>")
@@ -70,13 +70,9 @@ def _normalised(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().lower()
 
 
-def _without_punctuation(text: str) -> str:
-    return " ".join(re.sub(r"[^\w]+", " ", unicodedata.normalize("NFKC", text)).split())
-
-
 def heading_lines(markdown: str) -> set[str]:
     found = {
-        _without_punctuation(_normalised(line.lstrip().lstrip("#")))
+        words_only(_normalised(line.lstrip().lstrip("#")))
         for line in markdown.splitlines()
         if line.lstrip().startswith("#")
     }

@@ -29,7 +29,6 @@ without aligned cells stay paragraphs.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from docling.models.base_layout_model import BaseLayoutModel
 from docling_core.types.doc import BoundingBox, ContentLayer, CoordOrigin, DocItemLabel, DoclingDocument, TextItem
 from docling_core.types.doc.page import SegmentedPdfPage, TextCell
 
+from ..text import words_only
 from .tables import TextLayerTableModel, table_grid, visual_rows
 from .textlines import TextLine, page_lines, top_left_box
 
@@ -101,16 +101,10 @@ DOCLING_LABELS = {
 }
 
 
-def comparable(text: str) -> str:
-    """Text for matching: case, accents' compatibility forms, punctuation and spacing ignored."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(re.sub(r"[^\w]+", " ", text).split())
-
-
 def furniture_signature(text: str, top: float) -> tuple[str, int]:
     """A running header/footer's identity across pages: its first words (page numbers and chapter titles
     vary, "Chapter #" does not) and its height on the page."""
-    words = re.sub(r"\d+", "#", comparable(text)).split()
+    words = re.sub(r"\d+", "#", words_only(text)).split()
     return " ".join(words[:FURNITURE_SIGNATURE_WORDS]), round(top / FURNITURE_POSITION_TOLERANCE)
 
 
@@ -152,7 +146,7 @@ class DocumentState:
 
     def in_outline(self, text: str, page_no: int) -> bool:
         """Whether the line is (most of) a bookmark title that points at this page or the next one."""
-        line = comparable(text)
+        line = words_only(text)
         if len(line) < 2:
             return False
         titles = [title for page in (page_no, page_no + 1, None) for title in self.outline_titles.get(page, [])]
@@ -170,7 +164,7 @@ def outline_titles(conv_res: ConversionResult) -> dict[int | None, list[str]]:
     """The PDF's bookmarks by target page (None: no page), as Docling's backend read them."""
     titles: dict[int | None, list[str]] = {}
     for item in conv_res._pdf_outline or []:
-        titles.setdefault(item.page_no, []).append(comparable(item.title))
+        titles.setdefault(item.page_no, []).append(words_only(item.title))
     return titles
 
 

@@ -4,6 +4,7 @@ content versions, and JSONL read back."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -54,13 +55,26 @@ def staged_folder(folder: Path) -> Iterator[Path]:
         shutil.rmtree(previous, ignore_errors=True)
 
 
+def sha256_hex(*parts: bytes | str | Path, delimiter: bytes = b"") -> str:
+    """The SHA-256 hex digest of the parts in order: bytes as given, a str as its UTF-8 text, a Path as the
+    file's contents (read in blocks, so a large file is never whole in memory). `delimiter` follows every part,
+    so that with one (b"\\0") the parts ("ab", "c") and ("a", "bc") differ. The one content hash of the package:
+    its values are stored (sensor cursors, run keys, dataset and adapter versions, calibration file names)."""
+    digest = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path):
+            with part.open("rb") as file:
+                for block in iter(functools.partial(file.read, 1 << 20), b""):
+                    digest.update(block)
+        else:
+            digest.update(part.encode("utf-8") if isinstance(part, str) else part)
+        digest.update(delimiter)
+    return digest.hexdigest()
+
+
 def content_version(*paths: Path) -> str:
     """A short hash of the files' contents (a missing file counts as empty): a data version."""
-    digest = hashlib.sha256()
-    for path in paths:
-        digest.update(path.read_bytes() if path.exists() else b"")
-        digest.update(b"\0")
-    return digest.hexdigest()[:12]
+    return sha256_hex(*(path if path.exists() else b"" for path in paths), delimiter=b"\0")[:12]
 
 
 @dataclass(frozen=True)

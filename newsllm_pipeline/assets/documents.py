@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
-from ..documents.chain import content_hash, extracted_images, write_described_markdown
+from ..documents.chain import extracted_images, write_described_markdown
 from ..documents.dataset import (
     AnswerDefects,
     Dataset,
@@ -19,7 +19,7 @@ from ..documents.dataset import (
     write_dataset,
 )
 from ..documents.synthesis import synthesize_examples
-from ..files import staged_folder
+from ..files import sha256_hex, staged_folder
 from ..resources.documents import (
     DoclingConverterResource,
     DocumentStore,
@@ -42,7 +42,7 @@ def _preview(text: str, limit: int = 1500) -> dg.MetadataValue:
 )
 def raw_documents(context: dg.AssetExecutionContext, document_store: DocumentStore) -> dg.MaterializeResult:
     source = document_store.source(context.partition_key)
-    digest = content_hash(source)
+    digest = sha256_hex(source)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(digest),
         metadata={"path": dg.MetadataValue.path(str(source)), "sha256": digest, "bytes": source.stat().st_size},

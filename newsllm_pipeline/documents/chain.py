@@ -8,7 +8,6 @@ come from), `image_descriptions/` (one JSON and one Markdown per picture) and `t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import unicodedata
@@ -64,14 +63,6 @@ def document_key(path: Path) -> str:
     """A stable, safe partition key for a file: its name without accents, lowercased, with the suffix."""
     ascii_name = unicodedata.normalize("NFKD", path.name).encode("ascii", "ignore").decode()
     return re.sub(r"[^a-z0-9]+", "_", ascii_name.lower()).strip("_") or "documento"
-
-
-def content_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def inbox_files(inbox: Path) -> dict[str, Path]:

@@ -12,7 +12,7 @@ from ..assets.documents import (
     raw_documents,
     training_dataset,
 )
-from ..documents.chain import content_hash
+from ..files import sha256_hex
 from ..resources.documents import DocumentStore
 
 process_documents_job = dg.define_asset_job(
@@ -33,7 +33,7 @@ def _fingerprints(store: DocumentStore, previous: dict) -> dict[str, list]:
         stat = path.stat()
         known = previous.get(key)
         same_file = known is not None and known[:2] == [stat.st_size, stat.st_mtime_ns]
-        current[key] = [stat.st_size, stat.st_mtime_ns, known[2] if same_file else content_hash(path)]
+        current[key] = [stat.st_size, stat.st_mtime_ns, known[2] if same_file else sha256_hex(path)]
     return current
 
 

@@ -303,7 +303,7 @@ def review(key, categoria, csv_path, database_url):
     """Mark an item's category as reviewed (a trusted label for training the categoriser):
     `review ID_OR_URL CATEGORIA`, or many with `review --file labels.csv`."""
     from . import db
-    from .categorizer.training_set import import_reviews_csv
+    from .db import import_reviews_csv
 
     if csv_path is not None and (key or categoria):
         raise click.UsageError("give either ID_OR_URL CATEGORIA or --file, not both")

@@ -7,10 +7,12 @@ the same row twice, and the failure columns keep an item's error and attempt cou
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -484,6 +486,30 @@ def mark_reviewed(
             )
     not_found = tuple(dict.fromkeys(key for key, _ in valid if key not in row_of))
     return ReviewResult(written=len(categoria_of_row), rejected=tuple(rejected), not_found=not_found)
+
+
+def import_reviews_csv(engine: Engine, path: Path, categories: Sequence[str] | None = None) -> ReviewResult:
+    """Mark the items of a CSV as reviewed: a header with `url` or `id` (a row may fill either) and
+    `categoria`. Rows without a usable key are rejected with their line number; see `mark_reviewed`."""
+    path = Path(path)
+    with open(path, encoding="utf-8-sig", newline="") as file:
+        reader = csv.DictReader(file)
+        columns = set(reader.fieldnames or ())
+        if "categoria" not in columns or not columns & {"url", "id"}:
+            raise ValueError(f"{path}: needs a header with a categoria column and a url or id column, got {columns}")
+        reviews: list[tuple[int | str, str]] = []
+        rejected: list[RejectedReview] = []
+        for row in reader:
+            given_id, url, categoria = (row.get("id") or "").strip(), (row.get("url") or "").strip(), row["categoria"]
+            line = f"{path.name}:{reader.line_num}"
+            if given_id and row_id(given_id) is None:
+                rejected.append(RejectedReview(line, categoria or "", f"id {given_id!r} is not a row id"))
+            elif given_id or url:
+                reviews.append((row_id(given_id) if given_id else url, categoria or ""))
+            else:
+                rejected.append(RejectedReview(line, categoria or "", "neither id nor url"))
+    result = mark_reviewed(engine, reviews, categories)
+    return ReviewResult(result.written, tuple(rejected) + result.rejected, result.not_found)
 
 
 def fetch_labelled(engine: Engine) -> list[dict]:

@@ -124,7 +124,7 @@ def train_document_adapter(defs: dg.Definitions, instance: dg.DagsterInstance, e
 
 def train_categorizer_adapter(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Callable[[str], None]) -> None:
     """Mark the hand labels as reviewed, then categorizer_training_job: trusted-label set, adapter, accuracy."""
-    from .categorizer.training_set import import_reviews_csv
+    from .db import import_reviews_csv
 
     engine = db.create_db_engine(database_url())
     if LABELS_CSV.exists():

@@ -15,7 +15,6 @@ from newsllm_pipeline.categorizer.training_set import (
     FEED_TAG_CATEGORIES,
     URL_SECTION_CATEGORIES,
     build_labelled_set,
-    import_reviews_csv,
     read_labelled_split,
     real_item_key,
     split_real_items,
@@ -257,7 +256,7 @@ def test_eval_keeps_to_reviewed_items_once_there_are_enough():
 
 def test_sample_feeds_with_the_hand_labels_give_a_training_set_over_the_categories(engine, tmp_path):
     ingest_feeds(engine, SAMPLE_FEEDS)
-    result = import_reviews_csv(engine, LABELS_CSV)
+    result = db.import_reviews_csv(engine, LABELS_CSV)
     assert (result.written, result.rejected, result.not_found) == (240, (), ())
     labelled = build_labelled_set(db.fetch_labelled(engine))
     stats = labelled.stats

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from newsllm_pipeline.documents import dataset as dataset_module
+from newsllm_pipeline import splits
 from newsllm_pipeline.documents.dataset import (
     FIGURE_MARKER,
     Example,
@@ -263,7 +263,7 @@ def test_a_failed_write_leaves_the_previous_dataset_intact(tmp_path, monkeypatch
     def full_disk(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(dataset_module.pq, "write_table", full_disk)
+    monkeypatch.setattr(splits.pq, "write_table", full_disk)
     with pytest.raises(OSError, match="No space left"):
         write_dataset(build_dataset(reference_examples() + described_examples()), out_dir)
     assert {path.name: path.read_bytes() for path in out_dir.iterdir()} == before

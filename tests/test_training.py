@@ -208,7 +208,7 @@ def test_retraining_schedule_skips_an_unchanged_dataset(model_dir, dataset_dir, 
 @pytest.mark.slow
 def test_categorizer_adapter_trains_on_trusted_labels_and_changes_the_scores(model_dir, tmp_path):
     from newsllm_pipeline import db
-    from newsllm_pipeline.categorizer.training_set import import_reviews_csv
+    from newsllm_pipeline.db import import_reviews_csv
     from newsllm_pipeline.feeds import ingest_feeds
     from newsllm_pipeline.resources import CategorizerResource, NoticiasDatabase
     from newsllm_pipeline.settings import SHIPPED_REAL_ITEMS

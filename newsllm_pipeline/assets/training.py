@@ -15,15 +15,7 @@ from ..categorizer.adapter import (
     training_records,
     with_headline_only,
 )
-from ..categorizer.training_set import (
-    EVAL_JSONL,
-    REAL_DEV_JSONL,
-    TRAIN_JSONL,
-    build_labelled_set,
-    read_labelled_split,
-    with_real_items,
-    write_labelled_set,
-)
+from ..categorizer.training_set import build_labelled_set, read_labelled_split, with_real_items, write_labelled_set
 from ..device_memory import peak_device_memory
 from ..documents.dataset import DatasetFiles
 from ..files import content_version, read_jsonl
@@ -33,6 +25,7 @@ from ..resources import CategorizerResource, NoticiasDatabase
 from ..resources.documents import DocumentStore
 from ..resources.training import LoraTrainerResource
 from ..settings import PROJECT_HOME, SHIPPED_REAL_ITEMS
+from ..splits import EVAL_JSONL, REAL_DEV_JSONL, TRAIN_JSONL
 from ..training.lora import PROFILES, LoraSettings, TrainingRun, alpaca_records, train_lora
 from .documents import training_dataset
 from .noticias import noticias

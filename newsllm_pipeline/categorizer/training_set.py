@@ -9,8 +9,6 @@ the eval split keeps to reviewed items once there are enough of them (`min_revie
 
 from __future__ import annotations
 
-import csv
-import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,23 +17,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pyarrow as pa
-import pyarrow.parquet as pq
-from sqlalchemy.engine import Engine
 
-from .. import db
-from ..documents.dataset import stable_hash
-from ..files import read_jsonl, staged_folder
+from ..files import read_jsonl
+from ..splits import REAL_DEV_JSONL, STATS_JSON, stable_hash, write_splits
 from ..text import fold, words_only
 from .prompt import DEFAULT_CATEGORIES, item_text
 
-TRAIN_JSONL = "train.jsonl"
-EVAL_JSONL = "eval.jsonl"
-TRAIN_PARQUET = "train.parquet"
-EVAL_PARQUET = "eval.parquet"
-REAL_DEV_JSONL = "real_dev.jsonl"
 REAL = "real"  # source of the items of the shipped real labelled set (data/noticias_reales)
 REAL_EVAL_SHARE = 0.2
-STATS_JSON = "stats.json"
 
 REVIEWED = "reviewed"
 FEED = "feed"
@@ -423,48 +412,16 @@ def write_labelled_set(labelled: LabelledSet, out_dir: Path) -> Path:
             f"{out_dir}: no item with a trusted label to train on; mark categories as reviewed "
             "(`newsllm review`) or ingest feeds whose category tags map to the categories"
         )
-    out_dir = Path(out_dir)
-    with staged_folder(out_dir) as staging:
-        for items, jsonl, parquet in (
-            (labelled.train, TRAIN_JSONL, TRAIN_PARQUET),
-            (labelled.eval, EVAL_JSONL, EVAL_PARQUET),
-        ):
-            rows = [asdict(item) for item in items]
-            with open(staging / jsonl, "w", encoding="utf-8") as file:
-                file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            pq.write_table(pa.Table.from_pylist(rows, schema=_SCHEMA), staging / parquet)
-        with open(staging / REAL_DEV_JSONL, "w", encoding="utf-8") as file:
-            file.writelines(json.dumps(asdict(item), ensure_ascii=False) + "\n" for item in labelled.real_dev)
-        (staging / STATS_JSON).write_text(
-            json.dumps(labelled.stats.as_dict(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-        )
-    return out_dir
+    return write_splits(
+        out_dir,
+        [asdict(item) for item in labelled.train],
+        [asdict(item) for item in labelled.eval],
+        _SCHEMA,
+        jsonl={REAL_DEV_JSONL: [asdict(item) for item in labelled.real_dev]},
+        json_files={STATS_JSON: labelled.stats.as_dict()},
+    )
 
 
 def read_labelled_split(path: Path) -> list[LabelledItem]:
     """The items of a `train.jsonl` or `eval.jsonl` written by `write_labelled_set`."""
     return [LabelledItem(**row) for row in read_jsonl(path)]
-
-
-def import_reviews_csv(engine: Engine, path: Path, categories: Sequence[str] | None = None) -> db.ReviewResult:
-    """Mark the items of a CSV as reviewed: a header with `url` or `id` (a row may fill either) and
-    `categoria`. Rows without a usable key are rejected with their line number; see `db.mark_reviewed`."""
-    path = Path(path)
-    with open(path, encoding="utf-8-sig", newline="") as file:
-        reader = csv.DictReader(file)
-        columns = set(reader.fieldnames or ())
-        if "categoria" not in columns or not columns & {"url", "id"}:
-            raise ValueError(f"{path}: needs a header with a categoria column and a url or id column, got {columns}")
-        reviews: list[tuple[int | str, str]] = []
-        rejected: list[db.RejectedReview] = []
-        for row in reader:
-            row_id, url, categoria = (row.get("id") or "").strip(), (row.get("url") or "").strip(), row["categoria"]
-            line = f"{path.name}:{reader.line_num}"
-            if row_id and db.row_id(row_id) is None:
-                rejected.append(db.RejectedReview(line, categoria or "", f"id {row_id!r} is not a row id"))
-            elif row_id or url:
-                reviews.append((db.row_id(row_id) if row_id else url, categoria or ""))
-            else:
-                rejected.append(db.RejectedReview(line, categoria or "", "neither id nor url"))
-    result = db.mark_reviewed(engine, reviews, categories)
-    return db.ReviewResult(result.written, tuple(rejected) + result.rejected, result.not_found)

@@ -12,9 +12,7 @@ no answer is cut inside a word or is a template.
 
 from __future__ import annotations
 
-import hashlib
 import html
-import json
 import math
 import re
 import unicodedata
@@ -24,18 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..files import content_version, staged_folder
+from ..files import content_version
+from ..splits import DATASET_INFO, EVAL_JSONL, EVAL_PARQUET, TRAIN_JSONL, TRAIN_PARQUET, stable_hash, write_splits
 from ..text import fold
 from .markdown import ESCAPED_CHARACTER, HTML_COMMENT, IMAGE_LINK, WORD
 
 FIGURE_MARKER = "Descripción de la figura:"
-TRAIN_JSONL = "train.jsonl"
-EVAL_JSONL = "eval.jsonl"
-TRAIN_PARQUET = "train.parquet"
-EVAL_PARQUET = "eval.parquet"
-DATASET_INFO = "dataset_info.json"
 
 # Questions a passage of the section answers; {section} is «heading», plus "(parte 2 de 3)" for long sections.
 SECTION_TEMPLATES = (
@@ -220,11 +213,6 @@ def split_sections(document: str, markdown: str) -> list[Section]:
             lines.append(_clean(line))
     end_section()
     return sections
-
-
-def stable_hash(text: str) -> int:
-    """A 64-bit hash that is the same in every process and Python version (unlike `hash`), for splits."""
-    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
 def sentences(paragraph: str) -> list[str]:
@@ -508,17 +496,7 @@ def write_dataset(dataset: Dataset, out_dir: Path, name: str = "newsllm_document
     are written into a folder beside out_dir that then replaces it, so a failure leaves the previous dataset."""
     if not dataset.train:
         raise ValueError(f"{out_dir}: no training examples to write; the documents gave no section with enough text")
-    out_dir = Path(out_dir)
-    with staged_folder(out_dir) as staging:
-        for split, jsonl, parquet in (
-            (dataset.train, TRAIN_JSONL, TRAIN_PARQUET),
-            (dataset.eval, EVAL_JSONL, EVAL_PARQUET),
-        ):
-            rows = _rows(split)
-            with open(staging / jsonl, "w", encoding="utf-8") as file:
-                file.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            pq.write_table(pa.Table.from_pylist(rows, schema=_SCHEMA), staging / parquet)
-        (staging / DATASET_INFO).write_text(
-            json.dumps(_dataset_info(name), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
-        )
-    return DatasetFiles(folder=out_dir, name=name)
+    folder = write_splits(
+        out_dir, _rows(dataset.train), _rows(dataset.eval), _SCHEMA, json_files={DATASET_INFO: _dataset_info(name)}
+    )
+    return DatasetFiles(folder=folder, name=name)

@@ -8,7 +8,6 @@ category costs its length minus one token.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..files import write_text_atomically
+from ..files import sha256_hex, write_text_atomically
 from ..settings import PROJECT_HOME
 from .prompt import FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, build_prompt
 
@@ -189,7 +188,7 @@ class LabelScoringCategorizer:
 
 def cached_prior(key: str, compute) -> list[float]:
     """The calibration prior for `key` (model, prompt, texts), computed once and kept on disk."""
-    path = PROJECT_HOME / "models" / ".calibration" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    path = PROJECT_HOME / "models" / ".calibration" / f"{sha256_hex(key)[:16]}.json"
     if path.exists():
         return json.loads(path.read_text())
     prior = compute()

@@ -42,7 +42,7 @@ from newsllm_pipeline.categorizer import Prediction, item_text
 from newsllm_pipeline.demo import gold_labels
 from newsllm_pipeline.feeds import parse_feed
 from newsllm_pipeline.models import resolve_model_dir
-from newsllm_pipeline.resources.categorizer import calibration_texts
+from newsllm_pipeline.resources.noticias import calibration_texts
 
 SCRIPT = Path(__file__).resolve()
 DEFAULT_OUT = SCRIPT.parent / "results" / "categorize.json"
@@ -210,7 +210,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--items", type=int, default=200, help="feed items to categorise (default: 200)")
     parser.add_argument(
         "--model",
-        default=settings.model_dir(),
+        default=settings.setting("MODEL_DIR"),
         help="model folder (default: NEWSLLM_MODEL_DIR or the packaged SmolLM2, prepared if missing)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON results (default: {DEFAULT_OUT})")

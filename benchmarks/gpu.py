@@ -511,7 +511,7 @@ def step_timer(device: str, warmup_steps: int):
     ends), counts their real tokens (`TokenCounter`, attached to the model) and keeps the logged losses."""
     from transformers import TrainerCallback
 
-    from newsllm_pipeline.training.lora import TokenCounter
+    from newsllm_pipeline.training.trainer import TokenCounter
 
     class StepTimer(TrainerCallback):
         def __init__(self):
@@ -537,15 +537,8 @@ def step_timer(device: str, warmup_steps: int):
 
 def train(ctx: Run, label: str, precision_name: str, overrides: dict) -> None:
     """Train the Phi-4-mini shape with `build_trainer` for warm-up + timed optimiser steps."""
-    from newsllm_pipeline.training.lora import (
-        PROFILES,
-        Precision,
-        build_trainer,
-        learnable_records,
-        lora_model,
-        parameter_dtypes,
-        tokenized_ids,
-    )
+    from newsllm_pipeline.training.lora import PROFILES, Precision, learnable_records, tokenized_ids
+    from newsllm_pipeline.training.trainer import build_trainer, lora_model, parameter_dtypes
 
     args, tokenizer = ctx.args, ctx.tokenizer
     precision = Precision(precision_name)
@@ -631,7 +624,7 @@ def write_bundle(bundle: Path) -> None:
     from newsllm_pipeline.feeds import parse_feed
     from newsllm_pipeline.files import read_jsonl
     from newsllm_pipeline.models import prepare_base_model
-    from newsllm_pipeline.resources.categorizer import PACKAGED_CALIBRATION
+    from newsllm_pipeline.resources.noticias import PACKAGED_CALIBRATION
     from newsllm_pipeline.settings import feed_sources
 
     AutoTokenizer.from_pretrained(prepare_base_model()).save_pretrained(bundle / "tokenizer")

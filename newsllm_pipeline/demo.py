@@ -9,7 +9,7 @@ from collections.abc import Callable
 import dagster as dg
 
 from . import db
-from .settings import PROJECT_HOME, database_url
+from .settings import PROJECT_HOME, setting
 
 LABELS_CSV = PROJECT_HOME / "data" / "feeds" / "labels.csv"
 # Dagster's console logger at INFO: the run's own messages without every engine event.
@@ -126,7 +126,7 @@ def train_categorizer_adapter(defs: dg.Definitions, instance: dg.DagsterInstance
     """Mark the hand labels as reviewed, then categorizer_training_job: trusted-label set, adapter, accuracy."""
     from .db import import_reviews_csv
 
-    engine = db.create_db_engine(database_url())
+    engine = db.create_db_engine(setting("DATABASE_URL"))
     if LABELS_CSV.exists():
         reviews = import_reviews_csv(engine, LABELS_CSV)
         echo(f"    {reviews.written} hand labels from {LABELS_CSV.name} marked as reviewed")
@@ -188,7 +188,7 @@ def run_demo(echo: Callable[[str], None]) -> None:
 
     echo("3/6 category statistics")
     defs.resolve_job_def("category_stats_job").execute_in_process(run_config=QUIET, instance=instance)
-    engine = db.create_db_engine(database_url())
+    engine = db.create_db_engine(setting("DATABASE_URL"))
     rows = db.fetch_categorized(engine)
     with engine.connect() as conn:
         urls = dict(conn.execute(db.sa.select(db.noticias.c.id, db.noticias.c.url)).all())

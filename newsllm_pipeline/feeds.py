@@ -32,17 +32,16 @@ class FeedLimits:
     """How much of a feed is read: a feed over `max_bytes`, or still arriving after `total_seconds`, is refused
     (nothing of it is stored) and the next feed is read. `read_timeout_s` bounds each wait for the server."""
 
-    max_bytes: int = 20 * 1024 * 1024
-    total_seconds: float = 60.0
+    max_bytes: int = int(float(settings.SETTINGS["FEED_MAX_MB"].default_value()) * MB)
+    total_seconds: float = float(settings.SETTINGS["FEED_TIMEOUT_S"].default_value())
     read_timeout_s: float = 30.0
 
     @classmethod
     def from_settings(cls) -> FeedLimits:
-        """NEWSLLM_FEED_MAX_MB and NEWSLLM_FEED_TIMEOUT_S, else the defaults."""
-        defaults = cls()
+        """NEWSLLM_FEED_MAX_MB and NEWSLLM_FEED_TIMEOUT_S, else the declared defaults."""
         return cls(
-            max_bytes=int(float(settings.env("FEED_MAX_MB", defaults.max_bytes / MB)) * MB),
-            total_seconds=float(settings.env("FEED_TIMEOUT_S", defaults.total_seconds)),
+            max_bytes=int(float(settings.setting("FEED_MAX_MB")) * MB),
+            total_seconds=float(settings.setting("FEED_TIMEOUT_S")),
         )
 
 

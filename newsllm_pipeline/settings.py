@@ -1,12 +1,20 @@
-"""Site settings: environment variables with the NEWSLLM_ prefix, with defaults that work offline.
+"""Site settings: NEWSLLM_* environment variables, each declared once in `SETTINGS` with its default and meaning.
 
-Every default points inside the project folder (`NEWSLLM_HOME`, the checkout by default), so a fresh
-clone runs with SQLite, the packaged tiny model and the sample feeds and nothing configured.
+Every default points inside the project folder (`NEWSLLM_HOME`, the checkout by default), so a fresh clone runs
+with SQLite, the packaged tiny models and the sample feeds and nothing configured.
+
+There is one way to read a setting. Resources take theirs through `site_setting` / `site_int`: a variable the
+site sets becomes a `dg.EnvVar` (the UI shows it as such, and it is read when a run starts, not when the code
+location loads); an unset one is the default, shown as a plain value. The CLI, the demo and plain modules read
+the same declaration with `setting()`. Dagster has no boolean EnvVar, so switches (`site_flag`) are read when
+the code location loads: reload it after changing one.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +22,6 @@ if TYPE_CHECKING:  # Dagster is imported where a resource is built: plain module
     import dagster as dg
 
 ENV_PREFIX = "NEWSLLM_"
-
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -38,39 +45,154 @@ def default_database_url() -> str:
     return f"sqlite:///{PROJECT_HOME / 'data' / 'newsllm.db'}"
 
 
-def env(name: str, default: str | None = None) -> str | None:
-    """Read NEWSLLM_<name> from the environment."""
-    return os.environ.get(ENV_PREFIX + name, default)
+@dataclass(frozen=True)
+class Setting:
+    """NEWSLLM_<name>; unset, it takes `fallback`'s value when that one is set, else `default`."""
+
+    name: str
+    default: str | Callable[[], str]
+    description: str
+    fallback: str | None = None
+
+    @property
+    def variable(self) -> str:
+        return ENV_PREFIX + self.name
+
+    def set_variable(self) -> str | None:
+        """The environment variable that decides the value, if the site set one."""
+        if self.variable in os.environ:
+            return self.variable
+        return SETTINGS[self.fallback].set_variable() if self.fallback else None
+
+    def default_value(self) -> str:
+        return self.default() if callable(self.default) else self.default
 
 
-def site_setting(name: str, default: str) -> str | dg.EnvVar:
-    """A resource field value: the environment variable when the site sets it (shown as such in the
-    Dagster UI and read at run time), else the offline default."""
+def _home(*parts: str) -> Callable[[], str]:
+    return lambda: str(PROJECT_HOME.joinpath(*parts))
+
+
+SETTINGS: dict[str, Setting] = {
+    entry.name: entry
+    for entry in [
+        # noticias
+        Setting("DATABASE_URL", default_database_url, "SQLAlchemy URL of the noticias table (SQLite under data/)"),
+        Setting("FEEDS", DEFAULT_FEEDS_GLOB, "Feed URLs, files or globs, separated by commas or spaces"),
+        Setting("FEED_MAX_MB", "20", "A feed larger than this is refused whole"),
+        Setting("FEED_TIMEOUT_S", "60", "A feed still arriving after this many seconds is refused whole"),
+        Setting("MAX_ATTEMPTS", "3", "An item that failed this many times is not claimed again until reset"),
+        Setting("BATCH_SIZE", "10", "Noticias a categorisation run claims and commits together"),
+        Setting("MAX_RUNS_PER_TICK", "4", "Most categorisation runs the sensor launches per tick"),
+        Setting("BACKEND", "transformers", "Categoriser backend: 'transformers' (CPU or CUDA) or 'exllamav2' (CUDA)"),
+        Setting("MODEL_DIR", lambda: str(DEFAULT_MODEL_DIR), "Base model for generation and document adapters"),
+        Setting(
+            "CATEGORIZER_MODEL_DIR",
+            lambda: str(DEFAULT_CATEGORIZER_MODEL_DIR),
+            "The categoriser's model folder (NEWSLLM_MODEL_DIR when only that is set)",
+            fallback="MODEL_DIR",
+        ),
+        Setting("ADAPTER_DIR", "", "A categoriser LoRA adapter to use instead of the current one"),
+        Setting("USE_CURRENT_ADAPTER", "1", "Use the categoriser adapter trained last (0 switches it off)"),
+        Setting("DEVICE", "auto", "Categoriser device: 'auto', 'cpu', 'cuda', 'cuda:1'…"),
+        # documents
+        Setting("INBOX_DIR", _home("data", "raw_pdfs"), "Folder watched for new or changed documents"),
+        Setting("DOCUMENTS_DIR", _home("data", "documents"), "One folder per converted document"),
+        Setting("DATASET_DIR", _home("data", "datasets", "documents"), "Where the instruction dataset is written"),
+        Setting("DOCLING_MODE", "auto", "'offline', 'standard' (Docling's models) or 'auto'"),
+        Setting("DOCLING_OCR", "0", "Read pages without a text layer with RapidOCR (1 switches it on)"),
+        Setting("DOC_MAX_MB", "200", "A document file larger than this is refused"),
+        Setting("DOCX_MAX_UNCOMPRESSED_MB", "100", "An Office file that unpacks to more than this is refused"),
+        Setting("DOCX_MAX_RATIO", "100", "An Office file that unpacks this many times its size is refused"),
+        Setting("DOC_TIMEOUT_S", "600", "A PDF conversion still running after this many seconds is stopped"),
+        Setting("DESCRIBER", "ocr", "Picture describer: 'ocr', 'openai' or 'transformers'"),
+        Setting("VISION_URL", "", "openai describer: base URL of the vision endpoint"),
+        Setting("VISION_MODEL", "", "openai: the model name; transformers: a vision-language model folder"),
+        Setting("VISION_API_KEY", "", "openai describer: bearer token"),
+        Setting("VISION_TOKEN", "", "The vision server's own bearer token (`newsllm serve-vision`)"),
+        Setting("VISION_SERVER", "http://127.0.0.1:8000", "Where `newsllm vision-client` finds the vision server"),
+        Setting(
+            "GENERATOR_MODEL_DIR", lambda: str(DEFAULT_MODEL_DIR), "Model of the `llm` dataset strategy",
+            fallback="MODEL_DIR",
+        ),
+        # training
+        Setting(
+            "TRAIN_BASE_MODEL_DIR", lambda: str(DEFAULT_MODEL_DIR), "Base model document adapters are trained on",
+            fallback="MODEL_DIR",
+        ),
+        Setting("TRAIN_DEVICE", "auto", "Training device: 'auto', 'cpu', 'cuda', 'cuda:1'…"),
+        Setting("TRAIN_PRECISION", "auto", "Training precision: 'auto', 'fp32', 'bf16', 'fp16'"),
+        Setting("ADAPTERS_DIR", _home("models", "lora_adapters"), "Document adapters, one folder per version"),
+        Setting(
+            "CATEGORIZER_ADAPTERS_DIR",
+            lambda: str(DEFAULT_CATEGORIZER_ADAPTERS_DIR),
+            "Categoriser adapters, one folder per version",
+        ),
+        Setting(
+            "CATEGORIZER_DATASET_DIR",
+            _home("data", "datasets", "categorizer"),
+            "Where categorizer_training_set writes its splits",
+        ),
+    ]
+}
+
+
+def setting(name: str) -> str:
+    """The value of NEWSLLM_<name> now: the site's, else the declared default."""
+    declared = SETTINGS[name]
+    variable = declared.set_variable()
+    return os.environ[variable] if variable else declared.default_value()
+
+
+def describe_settings() -> list[dict[str, str]]:
+    """Every setting with its value now and where the value comes from (the site's variable or the default)."""
+    rows = []
+    for declared in SETTINGS.values():
+        variable = declared.set_variable()
+        secret = any(word in declared.name for word in ("KEY", "TOKEN"))
+        value = setting(declared.name)
+        rows.append(
+            {
+                "setting": declared.variable,
+                "value": "***" if secret and value else value,
+                "from": variable or "default",
+                "meaning": declared.description,
+            }
+        )
+    return rows
+
+
+def site_setting(name: str, default: str | None = None) -> str | dg.EnvVar:
+    """A string resource field: EnvVar when the site sets the variable (read at run time), else the default."""
     import dagster as dg
 
-    return dg.EnvVar(ENV_PREFIX + name) if ENV_PREFIX + name in os.environ else default
+    variable = SETTINGS[name].set_variable()
+    return dg.EnvVar(variable) if variable else (default if default is not None else SETTINGS[name].default_value())
 
 
-def database_url() -> str:
-    return env("DATABASE_URL") or default_database_url()
+def site_int(name: str) -> int | dg.EnvVar:
+    """An integer resource field, like `site_setting`."""
+    import dagster as dg
+
+    variable = SETTINGS[name].set_variable()
+    return dg.EnvVar.int(variable) if variable else int(SETTINGS[name].default_value())
 
 
-def model_dir() -> str:
-    return env("MODEL_DIR") or str(DEFAULT_MODEL_DIR)
+def site_flag(name: str) -> bool:
+    """A switch: '0', 'false', 'no', 'off' and '' are off. Read when the code location loads."""
+    return setting(name).strip().lower() not in ("0", "false", "no", "off", "")
 
 
-def categorizer_model_dir() -> str:
-    """NEWSLLM_CATEGORIZER_MODEL_DIR, else NEWSLLM_MODEL_DIR (a site's own model serves both), else the
-    packaged Gemma 3 270M."""
-    return env("CATEGORIZER_MODEL_DIR") or env("MODEL_DIR") or str(DEFAULT_CATEGORIZER_MODEL_DIR)
+def optional(value: str | dg.EnvVar) -> str | dg.EnvVar | None:
+    """An empty default means 'not set' for optional fields (adapter_dir, vision url…)."""
+    return value or None
 
 
-def feed_sources() -> list[str]:
-    """NEWSLLM_FEEDS: feed URLs, files or globs separated by commas or whitespace (default: the samples)."""
+def feed_sources(spec: str | None = None) -> list[str]:
+    """Feed URLs, files or globs separated by commas or whitespace (default: NEWSLLM_FEEDS, else the samples)."""
     import glob
 
     sources = []
-    for entry in (env("FEEDS") or DEFAULT_FEEDS_GLOB).replace(",", " ").split():
+    for entry in (spec if spec is not None else setting("FEEDS")).replace(",", " ").split():
         matches = sorted(glob.glob(entry)) if any(ch in entry for ch in "*?[") else [entry]
         sources.extend(matches)
     return sources

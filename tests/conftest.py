@@ -96,9 +96,9 @@ def model_dir() -> str:
 
 @pytest.fixture(scope="session")
 def categorizer(model_dir):
-    from newsllm_pipeline.resources import CategorizerResource
+    from newsllm_pipeline.resources.noticias import TransformersCategorizerResource
 
-    resource = CategorizerResource(model_dir=model_dir, device="cpu")
+    resource = TransformersCategorizerResource(model_dir=model_dir, device="cpu")
     resource.load()
     return resource
 

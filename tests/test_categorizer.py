@@ -10,7 +10,7 @@ import torch
 from newsllm_pipeline.categorizer import CategorizationError, Prediction, parse_category
 from newsllm_pipeline.categorizer.labels import LabelTrie
 from newsllm_pipeline.categorizer.prompt import DEFAULT_CATEGORIES, build_prompt
-from newsllm_pipeline.resources import CategorizerResource
+from newsllm_pipeline.resources.noticias import TransformersCategorizerResource
 
 TEXTS = [
     "El Real Madrid gana la Liga tras vencer al Barcelona\nDos goles de Vinicius sentenciaron el campeonato.",
@@ -43,7 +43,7 @@ def reference_label_probabilities(backend, text: str) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def exact_backend(model_dir):
     """fp32, uncalibrated: the raw label probabilities, comparable to the reference at 1e-4."""
-    return CategorizerResource(model_dir=model_dir, dtype="float32", calibration=False).load()
+    return TransformersCategorizerResource(model_dir=model_dir, dtype="float32", calibration=False).load()
 
 
 def test_batched_trie_scoring_equals_scoring_each_category_separately(exact_backend):
@@ -75,7 +75,7 @@ def test_calibration_divides_by_the_prior_measured_once_on_the_balanced_set(mode
     calibration_file = tmp_path / "calibration.jsonl"
     calibration_file.write_text("".join(f'{{"titulo": "{t}"}}\n' for t in texts), encoding="utf-8")
     settings = dict(model_dir=model_dir, dtype="float32", calibration_file=str(calibration_file))
-    calibrated = CategorizerResource(**settings).load()
+    calibrated = TransformersCategorizerResource(**settings).load()
     raw = torch.tensor([[r.probabilities[c] for c in DEFAULT_CATEGORIES] for r in exact_backend.categorize(texts)])
     prior = raw.double().mean(0)
     assert torch.allclose(calibrated.log_prior.exp(), prior, atol=1e-4)
@@ -91,20 +91,24 @@ def test_calibration_divides_by_the_prior_measured_once_on_the_balanced_set(mode
 
 
 def test_bf16_scoring_agrees_with_fp32(model_dir, exact_backend):
-    fast = CategorizerResource(model_dir=model_dir, dtype="bfloat16", calibration=False).categorize(TEXTS)
+    fast = TransformersCategorizerResource(model_dir=model_dir, dtype="bfloat16", calibration=False).categorize(TEXTS)
     for bf16, fp32 in zip(fast, exact_backend.categorize(TEXTS), strict=True):
         assert max(abs(bf16.probabilities[c] - fp32.probabilities[c]) for c in DEFAULT_CATEGORIES) < 0.05
 
 
 def test_custom_categories_are_the_only_possible_answers(model_dir):
-    resource = CategorizerResource(model_dir=model_dir, categories=["Fútbol", "Baloncesto", "Tenis"], calibration=False)
+    resource = TransformersCategorizerResource(
+        model_dir=model_dir, categories=["Fútbol", "Baloncesto", "Tenis"], calibration=False
+    )
     results = resource.categorize([TEXTS[0], "Nadal gana su decimoquinto Roland Garros"])
     assert {r.categoria for r in results} <= {"Fútbol", "Baloncesto", "Tenis"}
     assert all(set(r.probabilities) == {"Fútbol", "Baloncesto", "Tenis"} for r in results)
 
 
 def test_a_generated_answer_that_names_no_category_is_an_error_not_otros(model_dir):
-    resource = CategorizerResource(model_dir=model_dir, method="generate", categories=["Xqzvblorp", "Wrrkthmax"])
+    resource = TransformersCategorizerResource(
+        model_dir=model_dir, method="generate", categories=["Xqzvblorp", "Wrrkthmax"]
+    )
     (result,) = resource.categorize([TEXTS[1]])
     assert isinstance(result, CategorizationError)
     assert "model answer names no category" in str(result)
@@ -118,8 +122,8 @@ def test_an_adapter_changes_the_answer(model_dir, tmp_path):
     torch.manual_seed(0)
     config = LoraConfig(r=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
     get_peft_model(base, config).save_pretrained(tmp_path / "adapter")
-    plain = CategorizerResource(model_dir=model_dir, calibration=False).categorize(TEXTS)
-    adapted = CategorizerResource(
+    plain = TransformersCategorizerResource(model_dir=model_dir, calibration=False).categorize(TEXTS)
+    adapted = TransformersCategorizerResource(
         model_dir=model_dir, adapter_dir=str(tmp_path / "adapter"), calibration=False
     ).categorize(TEXTS)
     assert any(abs(a.confianza - p.confianza) > 1e-3 for a, p in zip(adapted, plain, strict=True))
@@ -127,7 +131,7 @@ def test_an_adapter_changes_the_answer(model_dir, tmp_path):
 
 def test_a_missing_model_folder_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist: give a Hugging Face model folder"):
-        CategorizerResource(model_dir=str(tmp_path / "nope")).load()
+        TransformersCategorizerResource(model_dir=str(tmp_path / "nope")).load()
 
 
 def test_label_trie_shares_prefixes_and_sums_token_logprobs():
@@ -150,7 +154,7 @@ def test_parse_category_finds_the_first_named_category_ignoring_accents():
 @pytest.mark.parametrize("backend", ["transformers", "exllamav2"])
 def test_cuda_backends_agree_with_the_cpu_reference(model_dir, categorizer, backend):
     cpu = categorizer.categorize(TEXTS)
-    gpu = CategorizerResource(model_dir=model_dir, backend=backend, device="cuda").categorize(TEXTS)
+    gpu = TransformersCategorizerResource(model_dir=model_dir, backend=backend, device="cuda").categorize(TEXTS)
     for on_cpu, on_gpu in zip(cpu, gpu, strict=True):
         assert on_gpu.categoria == on_cpu.categoria
         assert on_gpu.confianza == pytest.approx(on_cpu.confianza, abs=0.03)  # bf16 / fp16 rounding

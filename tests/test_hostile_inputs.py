@@ -155,7 +155,7 @@ def test_the_noticias_asset_reports_rejected_items(database_url, tmp_path):
     import dagster as dg
 
     from newsllm_pipeline.assets.noticias import noticias
-    from newsllm_pipeline.resources import NoticiasDatabase
+    from newsllm_pipeline.resources.noticias import NoticiasDatabase
 
     feed = _feed(
         tmp_path, "hostil.xml", [("Bueno", "https://test.example/ok"), ("Largo", "https://t.example/" + "z" * 3000)]
@@ -330,7 +330,9 @@ def test_mark_reviewed_rejects_ids_outside_the_id_range(engine):
 
 SIZE_SERVER = """
 import sys
-from newsllm_pipeline.vision.server import ServerSettings, create_app, serve
+from newsllm_pipeline.vision.app import create_app
+from newsllm_pipeline.vision.server import serve
+from newsllm_pipeline.vision.service import ServerSettings
 
 class SizeDescriber:  # instant, so the test measures the server's own decoding
     name = "tamaño"
@@ -404,7 +406,8 @@ class _SizeDescriber:
 
 @pytest.mark.parametrize("body", ["[" * 100_000 + "]" * 100_000, '{"a": ' * 50_000 + "1" + "}" * 50_000, "[]", '"x"'])
 def test_deep_or_non_object_json_bodies_get_a_400_in_each_apis_error_shape(body):
-    from newsllm_pipeline.vision.server import create_app, running_in_thread
+    from newsllm_pipeline.vision.app import create_app
+    from newsllm_pipeline.vision.server import running_in_thread
 
     with running_in_thread(create_app(_SizeDescriber(), None)) as url:
         original = requests.post(f"{url}/analyze_base64", data=body, timeout=30)

@@ -9,8 +9,8 @@ from pathlib import Path
 import dagster as dg
 import sqlalchemy as sa
 
-from newsllm_pipeline.jobs.categorize import reprocess_noticias_job
-from newsllm_pipeline.resources import NoticiasDatabase
+from newsllm_pipeline.jobs.noticias import reprocess_noticias_job
+from newsllm_pipeline.resources.noticias import NoticiasDatabase
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 

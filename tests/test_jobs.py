@@ -11,9 +11,12 @@ import sqlalchemy as sa
 from newsllm_pipeline import db
 from newsllm_pipeline.assets.noticias import no_permanently_failed_noticias, noticias, noticias_category_stats
 from newsllm_pipeline.categorizer.prompt import DEFAULT_CATEGORIES
-from newsllm_pipeline.jobs.categorize import categorize_noticias_job, reprocess_noticias_job
-from newsllm_pipeline.jobs.sensors import build_uncategorized_noticias_sensor
-from newsllm_pipeline.resources import CategorizerResource, NoticiasDatabase
+from newsllm_pipeline.jobs.noticias import (
+    categorize_noticias_job,
+    reprocess_noticias_job,
+    uncategorized_noticias_sensor,
+)
+from newsllm_pipeline.resources.noticias import NoticiasDatabase, TransformersCategorizerResource
 from tests.conftest import FEEDS, sample_rows
 
 
@@ -82,7 +85,9 @@ def test_an_answer_that_is_not_a_category_is_recorded_as_failed_and_retried_up_t
 ):
     resources = {
         "noticias_db": NoticiasDatabase(url=database_url, max_attempts=2),
-        "categorizer": CategorizerResource(model_dir=model_dir, method="generate", categories=["Xqzvblorp", "Wrrk"]),
+        "categorizer": TransformersCategorizerResource(
+            model_dir=model_dir, method="generate", categories=["Xqzvblorp", "Wrrk"]
+        ),
     }
     db.insert_new(engine, sample_rows(1))
     for attempt in (1, 2):
@@ -128,32 +133,32 @@ def test_reprocess_job_resets_a_selection_for_the_sensor(resources, engine):
     assert resources["noticias_db"].count_claimable() == 1
 
 
-def _tick(sensor, database_url, instance):
-    resources = {"noticias_db": NoticiasDatabase(url=database_url)}
-    with dg.build_sensor_context(instance=instance, resources=resources) as context:
-        return sensor.evaluate_tick(context)
+def _tick(database_url, instance, batch_size, max_runs_per_tick):
+    claiming = NoticiasDatabase(url=database_url, batch_size=batch_size, max_runs_per_tick=max_runs_per_tick)
+    with dg.build_sensor_context(instance=instance, resources={"noticias_db": claiming}) as context:
+        return uncategorized_noticias_sensor.evaluate_tick(context)
 
 
 def test_sensor_launches_one_run_per_batch_up_to_the_cap_and_skips_when_idle(database_url, engine):
-    sensor = build_uncategorized_noticias_sensor(batch_size=10, max_runs_per_tick=3)
+    claiming = {"batch_size": 10, "max_runs_per_tick": 3}
     with dg.instance_for_test() as instance:
-        idle = _tick(sensor, database_url, instance)
+        idle = _tick(database_url, instance, **claiming)
         assert not idle.run_requests and "no uncategorised noticias" in idle.skip_message
         db.insert_new(engine, sample_rows(25))
-        tick = _tick(sensor, database_url, instance)
+        tick = _tick(database_url, instance, **claiming)
         assert len(tick.run_requests) == 3
         assert tick.run_requests[0].run_config["ops"]["categorize_batch"]["config"]["batch_size"] == 10
         db.insert_new(engine, sample_rows(60, prefix="more"))
-        capped = _tick(sensor, database_url, instance)
+        capped = _tick(database_url, instance, **claiming)
         assert len(capped.run_requests) == 3
         assert not {r.run_key for r in tick.run_requests} & {r.run_key for r in capped.run_requests}
 
 
 def test_sensor_counts_runs_still_waiting_to_claim(database_url, engine):
-    sensor = build_uncategorized_noticias_sensor(batch_size=10, max_runs_per_tick=5)
+    claiming = {"batch_size": 10, "max_runs_per_tick": 5}
     db.insert_new(engine, sample_rows(25))
     with dg.instance_for_test() as instance:
         for _ in range(2):
             instance.create_run_for_job(categorize_noticias_job, status=dg.DagsterRunStatus.NOT_STARTED)
-        tick = _tick(sensor, database_url, instance)
+        tick = _tick(database_url, instance, **claiming)
         assert len(tick.run_requests) == 1  # 3 batches needed, 2 runs already waiting

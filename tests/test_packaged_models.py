@@ -13,7 +13,7 @@ from newsllm_pipeline.categorizer import DEFAULT_CATEGORIES
 from newsllm_pipeline.categorizer.adapter import PromptSettings, training_records
 from newsllm_pipeline.categorizer.prompt import PLAIN_ANSWER, build_prompt
 from newsllm_pipeline.models import PACKAGED_MODELS, prepare_base_model, resolve_model_dir
-from newsllm_pipeline.resources import CategorizerResource
+from newsllm_pipeline.resources.noticias import TransformersCategorizerResource
 
 
 class NoTemplateTokenizer:
@@ -80,7 +80,7 @@ def test_gemma_few_shot_beats_chance_by_far_on_the_sample_headlines(gemma_dir):
     with open(labels_csv, encoding="utf-8") as file:
         labels = {row["url"]: row["categoria"] for row in csv.DictReader(file)}
     rows = parse_feed(str(settings.PROJECT_HOME / "data" / "feeds" / "el_diario_nacional.xml"))[0][:45]
-    categorizer = CategorizerResource(model_dir=gemma_dir, device="cpu")
+    categorizer = TransformersCategorizerResource(model_dir=gemma_dir, device="cpu")
     results = categorizer.categorize([row["titulo"] for row in rows])
     assert all(isinstance(result, Prediction) for result in results)
     right = sum(result.categoria == labels[row["url"]] for row, result in zip(rows, results, strict=True))
@@ -97,13 +97,17 @@ def test_the_current_adapter_is_used_when_it_was_trained_on_the_same_model_and_n
     model_dir, tmp_path
 ):
     current = _adapter(tmp_path / "current", model_dir)
-    resource = CategorizerResource(model_dir=model_dir, current_adapter_dir=str(current))
+    resource = TransformersCategorizerResource(model_dir=model_dir, current_adapter_dir=str(current))
     assert resource.trained_adapter() == str(current)
-    off = CategorizerResource(model_dir=model_dir, current_adapter_dir=str(current), use_current_adapter=False)
+    off = TransformersCategorizerResource(
+        model_dir=model_dir, current_adapter_dir=str(current), use_current_adapter=False
+    )
     assert off.trained_adapter() is None
     other = _adapter(tmp_path / "other", str(tmp_path / "another-base"))
-    assert CategorizerResource(model_dir=model_dir, current_adapter_dir=str(other)).trained_adapter() is None
-    missing = CategorizerResource(model_dir=model_dir, current_adapter_dir=str(tmp_path / "none"))
+    assert (
+        TransformersCategorizerResource(model_dir=model_dir, current_adapter_dir=str(other)).trained_adapter() is None
+    )
+    missing = TransformersCategorizerResource(model_dir=model_dir, current_adapter_dir=str(tmp_path / "none"))
     assert missing.trained_adapter() is None
 
 

@@ -7,7 +7,7 @@ from pydantic import Field
 from .. import db
 from ..feeds import ingest_feeds
 from ..plots import chart_markdown
-from ..resources import NoticiasDatabase
+from ..resources.noticias import NoticiasDatabase
 from ..settings import feed_sources
 
 

@@ -25,22 +25,25 @@ class DocumentLimitExceeded(Exception):
     """A document over one of the limits: the message names the limit and the setting that changes it."""
 
 
+def _declared(name: str) -> float:
+    return float(settings.SETTINGS[name].default_value())
+
+
 @dataclass(frozen=True)
 class DocumentLimits:
-    max_file_mb: float = 200.0  # any document, as it is on disk
-    max_docx_uncompressed_mb: float = 100.0  # the DOCX's zip members together, uncompressed
-    max_docx_ratio: float = 100.0  # uncompressed size / size on disk (Word's own files: about 3 to 20)
-    max_seconds: float = 600.0  # one conversion
+    max_file_mb: float = _declared("DOC_MAX_MB")  # any document, as it is on disk
+    max_docx_uncompressed_mb: float = _declared("DOCX_MAX_UNCOMPRESSED_MB")  # the DOCX's members, uncompressed
+    max_docx_ratio: float = _declared("DOCX_MAX_RATIO")  # uncompressed / on disk (Word's own files: about 3 to 20)
+    max_seconds: float = _declared("DOC_TIMEOUT_S")  # one conversion
 
     @classmethod
     def from_settings(cls) -> DocumentLimits:
         """NEWSLLM_DOC_MAX_MB, NEWSLLM_DOCX_MAX_UNCOMPRESSED_MB, NEWSLLM_DOCX_MAX_RATIO, NEWSLLM_DOC_TIMEOUT_S."""
-        defaults = cls()
         return cls(
-            max_file_mb=float(settings.env("DOC_MAX_MB", defaults.max_file_mb)),
-            max_docx_uncompressed_mb=float(settings.env("DOCX_MAX_UNCOMPRESSED_MB", defaults.max_docx_uncompressed_mb)),
-            max_docx_ratio=float(settings.env("DOCX_MAX_RATIO", defaults.max_docx_ratio)),
-            max_seconds=float(settings.env("DOC_TIMEOUT_S", defaults.max_seconds)),
+            max_file_mb=float(settings.setting("DOC_MAX_MB")),
+            max_docx_uncompressed_mb=float(settings.setting("DOCX_MAX_UNCOMPRESSED_MB")),
+            max_docx_ratio=float(settings.setting("DOCX_MAX_RATIO")),
+            max_seconds=float(settings.setting("DOC_TIMEOUT_S")),
         )
 
 

@@ -1,9 +1,11 @@
-"""The document chain's job and the sensor that watches the inbox."""
+"""The documents domain's jobs and the sensor that watches the inbox: convert, describe and rewrite each document,
+then rebuild the instruction dataset."""
 
 import json
 
 import dagster as dg
 
+from ..assets import documents as document_assets
 from ..assets.documents import (
     described_markdown,
     docling_markdown,
@@ -13,7 +15,13 @@ from ..assets.documents import (
     training_dataset,
 )
 from ..files import sha256_hex
-from ..resources.documents import DocumentStore
+from ..resources.documents import (
+    DoclingConverterResource,
+    DocumentStore,
+    TextGeneratorResource,
+    image_describer_from_settings,
+)
+from ..settings import site_flag, site_setting
 
 process_documents_job = dg.define_asset_job(
     "process_documents_job",
@@ -60,4 +68,26 @@ def raw_documents_sensor(context: dg.SensorEvaluationContext, document_store: Do
         ],
         dynamic_partitions_requests=[documents_partitions.build_add_request(new)] if new else [],
         cursor=json.dumps(current),
+    )
+
+
+def definitions() -> dg.Definitions:
+    """The documents domain: inbox to Markdown, picture descriptions and the instruction dataset."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([document_assets]),
+        asset_checks=dg.load_asset_checks_from_modules([document_assets]),
+        jobs=[process_documents_job, training_dataset_job],
+        sensors=[raw_documents_sensor],
+        resources={
+            "document_store": DocumentStore(
+                inbox_dir=site_setting("INBOX_DIR"),
+                work_dir=site_setting("DOCUMENTS_DIR"),
+                dataset_dir=site_setting("DATASET_DIR"),
+            ),
+            "docling_converter": DoclingConverterResource(
+                mode=site_setting("DOCLING_MODE"), ocr=site_flag("DOCLING_OCR")
+            ),
+            "image_describer": image_describer_from_settings(),
+            "text_generator": TextGeneratorResource(model_dir=site_setting("GENERATOR_MODEL_DIR")),
+        },
     )

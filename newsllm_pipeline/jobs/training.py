@@ -1,10 +1,11 @@
-"""Training jobs and the nightly retraining schedules."""
+"""The training domain's jobs and retraining schedules: the document adapter and the categoriser adapter."""
 
 import json
 from pathlib import Path
 
 import dagster as dg
 
+from ..assets import training as training_assets
 from ..assets.training import (
     adapter_evaluation,
     categorizer_adapter,
@@ -15,7 +16,8 @@ from ..assets.training import (
 from ..documents.dataset import DatasetFiles
 from ..resources.documents import DocumentStore
 from ..resources.training import CURRENT, LoraTrainerResource
-from ..training.lora import TRAINING_INFO
+from ..settings import site_setting
+from ..training.record import TRAINING_INFO
 
 lora_training_job = dg.define_asset_job(
     "lora_training_job",
@@ -60,3 +62,23 @@ categorizer_retraining_schedule = dg.ScheduleDefinition(
     description="Weekly: rebuild the trusted-label set and retrain the categoriser adapter (an unchanged set "
     "reuses the existing adapter: its version hashes the data).",
 )
+
+
+def definitions() -> dg.Definitions:
+    """The training domain: adapters trained, evaluated against their base model and retrained on a schedule."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([training_assets]),
+        asset_checks=dg.load_asset_checks_from_modules([training_assets]),
+        jobs=[lora_training_job, categorizer_training_job],
+        schedules=[lora_retraining_schedule, categorizer_retraining_schedule],
+        resources={
+            "lora_trainer": LoraTrainerResource(
+                model_dir=site_setting("TRAIN_BASE_MODEL_DIR"),
+                device=site_setting("TRAIN_DEVICE"),
+                precision=site_setting("TRAIN_PRECISION"),
+                adapters_dir=site_setting("ADAPTERS_DIR"),
+                categorizer_adapters_dir=site_setting("CATEGORIZER_ADAPTERS_DIR"),
+                categorizer_dataset_dir=site_setting("CATEGORIZER_DATASET_DIR"),
+            )
+        },
+    )

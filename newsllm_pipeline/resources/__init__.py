@@ -1,6 +1,1 @@
-"""ConfigurableResources injected into jobs and assets."""
-
-from .categorizer import CategorizerResource
-from .database import NoticiasDatabase
-
-__all__ = ["CategorizerResource", "NoticiasDatabase"]
+"""ConfigurableResources, one module per domain (noticias, documents, training), injected into jobs and assets."""

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import db
-from .categorizer import CategorizationError, Prediction, item_text
+from .. import db
+from .labels import CategorizationError, Prediction
+from .prompt import item_text
 
 log = logging.getLogger(__name__)
 

@@ -1,20 +1,32 @@
-"""Jobs that categorise noticias and reset selections for re-categorisation."""
+"""The noticias domain's jobs, sensor and schedules: ingest feeds, categorise new rows in batches, reset a
+selection for re-categorisation, refresh the statistics."""
 
 import datetime as dt
+import math
+import time
 
 import dagster as dg
 from pydantic import Field
 
 from .. import db
-from ..categorization import run_batch
+from ..assets import noticias as noticias_assets
+from ..assets.noticias import noticias, noticias_category_stats
+from ..categorizer.batch import run_batch
 from ..device_memory import peak_device_memory
-from ..resources import CategorizerResource, NoticiasDatabase
+from ..resources.noticias import (
+    CategorizerResource,
+    NoticiasDatabase,
+    categorizer_from_settings,
+    noticias_database_from_settings,
+)
 
 NOTICIAS_ASSET = dg.AssetKey("noticias")
 
 
 class CategorizeBatchConfig(dg.Config):
-    batch_size: int = Field(default=10, description="How many uncategorised noticias this run claims")
+    batch_size: int | None = Field(
+        default=None, description="How many uncategorised noticias this run claims (default: noticias_db.batch_size)"
+    )
 
 
 def _results_table(outcome) -> str:
@@ -35,11 +47,11 @@ def categorize_batch(
     noticias_db: NoticiasDatabase,
     categorizer: CategorizerResource,
 ) -> dg.Output[int]:
-    with peak_device_memory(categorizer.device) as memory:
+    with peak_device_memory(categorizer.compute_device) as memory:
         outcome = run_batch(
             noticias_db.engine,
             claimant=context.run_id,
-            size=config.batch_size,
+            size=config.batch_size or noticias_db.batch_size,
             categorize=categorizer.categorize,
             max_attempts=noticias_db.max_attempts,
             lease=noticias_db.lease,
@@ -109,3 +121,67 @@ def reset_noticias_selection(
 @dg.job(description="Reset categorised noticias (by category, confidence, date) so they are categorised again.")
 def reprocess_noticias_job():
     reset_noticias_selection()
+
+
+# Runs launched but not yet claiming: their batches are still counted in the backlog.
+_WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
+
+
+@dg.sensor(
+    job=categorize_noticias_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Launches one categorize_noticias_job run per noticias_db.batch_size uncategorised noticias "
+    "(at most noticias_db.max_runs_per_tick per tick).",
+)
+def uncategorized_noticias_sensor(context: dg.SensorEvaluationContext, noticias_db: NoticiasDatabase):
+    backlog = noticias_db.count_claimable()
+    if backlog == 0:
+        status = noticias_db.status()
+        return dg.SkipReason(
+            f"no uncategorised noticias ({status['processed']} categorised, "
+            f"{status['failed_permanently']} failed {noticias_db.max_attempts} times, "
+            f"{status['claimed']} in progress)"
+        )
+    waiting = context.instance.get_runs_count(dg.RunsFilter(job_name=categorize_noticias_job.name, statuses=_WAITING))
+    batch_size = noticias_db.batch_size
+    wanted = min(math.ceil(backlog / batch_size) - waiting, noticias_db.max_runs_per_tick)
+    if wanted <= 0:
+        return dg.SkipReason(f"{backlog} uncategorised noticias; {waiting} runs already waiting to claim them")
+    # Keys unique per tick: a run key deduplicates forever, and reset rows must be processed again.
+    tick = time.time_ns()
+    context.log.info(f"{backlog} uncategorised noticias: launching {wanted} runs of {batch_size}")
+    return [
+        dg.RunRequest(
+            run_key=f"{tick}-{index}",
+            run_config=dg.RunConfig(ops={"categorize_batch": {"config": {"batch_size": batch_size}}}),
+            tags={"newsllm/backlog": str(backlog)},
+        )
+        for index in range(wanted)
+    ]
+
+
+ingest_noticias_job = dg.define_asset_job(
+    "ingest_noticias_job", selection=[noticias], description="Read the configured feeds into noticias."
+)
+category_stats_job = dg.define_asset_job(
+    "category_stats_job", selection=[noticias_category_stats], description="Refresh the category statistics."
+)
+ingest_noticias_schedule = dg.ScheduleDefinition(
+    job=ingest_noticias_job, cron_schedule="*/15 * * * *", default_status=dg.DefaultScheduleStatus.RUNNING
+)
+category_stats_schedule = dg.ScheduleDefinition(
+    job=category_stats_job, cron_schedule="0 * * * *", default_status=dg.DefaultScheduleStatus.RUNNING
+)
+
+
+def definitions() -> dg.Definitions:
+    """The noticias domain: feeds into the table, categorisation by the sensor, statistics on a schedule."""
+    return dg.Definitions(
+        assets=dg.load_assets_from_modules([noticias_assets]),
+        asset_checks=dg.load_asset_checks_from_modules([noticias_assets]),
+        jobs=[categorize_noticias_job, reprocess_noticias_job, ingest_noticias_job, category_stats_job],
+        sensors=[uncategorized_noticias_sensor],
+        schedules=[ingest_noticias_schedule, category_stats_schedule],
+        resources={"noticias_db": noticias_database_from_settings(), "categorizer": categorizer_from_settings()},
+    )

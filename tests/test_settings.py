@@ -1,0 +1,78 @@
+"""One way to read a setting: every NEWSLLM_* variable is declared once, read at run time by resources."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from click.testing import CliRunner
+
+import newsllm_pipeline
+from newsllm_pipeline import settings
+from newsllm_pipeline.cli import main
+from newsllm_pipeline.resources.noticias import (
+    ExLlamaV2CategorizerResource,
+    TransformersCategorizerResource,
+    categorizer_from_settings,
+    noticias_database_from_settings,
+)
+
+PACKAGE = Path(newsllm_pipeline.__file__).parent
+# Read before the catalogue exists: where the project's data lives.
+PROCESS_VARIABLES = {"NEWSLLM_HOME", "NEWSLLM_"}
+
+
+def test_every_variable_the_package_names_is_declared():
+    named = set()
+    for path in PACKAGE.rglob("*"):
+        if path.suffix in (".py", ".html"):
+            named |= set(re.findall(r"NEWSLLM_[A-Z0-9_]*", path.read_text(encoding="utf-8")))
+    declared = {entry.variable for entry in settings.SETTINGS.values()}
+    assert named - PROCESS_VARIABLES <= declared, named - PROCESS_VARIABLES - declared
+
+
+def test_a_set_variable_becomes_an_env_var_read_at_run_time(monkeypatch):
+    monkeypatch.delenv("NEWSLLM_BATCH_SIZE", raising=False)
+    assert settings.site_int("BATCH_SIZE") == 10
+    monkeypatch.setenv("NEWSLLM_BATCH_SIZE", "25")
+    assert settings.site_int("BATCH_SIZE").env_var_name == "NEWSLLM_BATCH_SIZE"
+    database = noticias_database_from_settings()
+    monkeypatch.setenv("NEWSLLM_BATCH_SIZE", "30")  # after the code location loaded: the run still sees it
+    with dg.build_resources({"noticias_db": database}) as resources:
+        assert resources.noticias_db.batch_size == 30
+
+
+def test_fallback_and_defaults(monkeypatch):
+    monkeypatch.delenv("NEWSLLM_CATEGORIZER_MODEL_DIR", raising=False)
+    monkeypatch.delenv("NEWSLLM_MODEL_DIR", raising=False)
+    assert settings.setting("CATEGORIZER_MODEL_DIR") == str(settings.DEFAULT_CATEGORIZER_MODEL_DIR)
+    monkeypatch.setenv("NEWSLLM_MODEL_DIR", "/site/model")
+    assert settings.setting("CATEGORIZER_MODEL_DIR") == "/site/model"
+    assert settings.site_setting("CATEGORIZER_MODEL_DIR").env_var_name == "NEWSLLM_MODEL_DIR"
+    monkeypatch.setenv("NEWSLLM_CATEGORIZER_MODEL_DIR", "/site/categoriser")
+    assert settings.setting("CATEGORIZER_MODEL_DIR") == "/site/categoriser"
+    with pytest.raises(KeyError):
+        settings.setting("NO_SUCH_SETTING")
+
+
+def test_the_backend_is_chosen_in_one_place_with_only_its_own_fields(monkeypatch):
+    monkeypatch.setenv("NEWSLLM_BACKEND", "exllamav2")
+    resource = categorizer_from_settings()
+    assert isinstance(resource, ExLlamaV2CategorizerResource)
+    assert "adapter_dir" not in type(resource).model_fields and "device" not in type(resource).model_fields
+    assert "cache_type" not in TransformersCategorizerResource.model_fields
+    monkeypatch.setenv("NEWSLLM_BACKEND", "llamacpp")
+    with pytest.raises(ValueError, match="transformers, exllamav2"):
+        categorizer_from_settings()
+
+
+def test_settings_command_lists_values_and_hides_secrets(monkeypatch):
+    monkeypatch.setenv("NEWSLLM_VISION_API_KEY", "s3cret")
+    monkeypatch.setenv("NEWSLLM_MAX_ATTEMPTS", "5")
+    result = CliRunner().invoke(main, ["settings"])
+    assert result.exit_code == 0, result.output
+    assert "s3cret" not in result.output
+    row = next(line for line in result.output.splitlines() if "NEWSLLM_MAX_ATTEMPTS" in line)
+    assert "| 5 " in row and "NEWSLLM_MAX_ATTEMPTS" in row.split("|")[3]

@@ -18,7 +18,7 @@ from newsllm_pipeline.jobs.documents import process_documents_job, raw_documents
 from newsllm_pipeline.resources.documents import (
     DoclingConverterResource,
     DocumentStore,
-    ImageDescriberResource,
+    OcrDescriberResource,
     TextGeneratorResource,
 )
 from tests.conftest import FEEDS
@@ -63,7 +63,7 @@ def test_a_document_that_fails_fails_the_demo_after_the_others_are_processed(tmp
         resources={
             "document_store": store,
             "docling_converter": DoclingConverterResource(mode="offline"),
-            "image_describer": ImageDescriberResource(backend="ocr"),
+            "image_describer": OcrDescriberResource(),
             "text_generator": TextGeneratorResource(model_dir=model_dir),
         },
     )

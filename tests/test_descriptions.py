@@ -243,3 +243,70 @@ def test_a_local_vision_language_model_reads_the_picture(tmp_path):
     image = banner(tmp_path / "grafico.png", ["PRESUPUESTOS"])
     text = describer.describe(image, DEFAULT_PROMPT)
     assert "presupuestos" in text.lower()
+
+
+# The describer resources: one class per backend, chosen from the site's settings ------------------------------
+
+VISION_SETTINGS = ("NEWSLLM_DESCRIBER", "NEWSLLM_VISION_URL", "NEWSLLM_VISION_MODEL", "NEWSLLM_VISION_API_KEY")
+
+
+def test_each_describer_resource_has_only_its_own_fields():
+    from newsllm_pipeline.resources.documents import (
+        ImageDescriberResource,
+        OcrDescriberResource,
+        OpenAIDescriberResource,
+        TransformersDescriberResource,
+        describer_resource,
+    )
+
+    shared = {"prompt", "min_side_px"}
+    assert set(OcrDescriberResource.model_fields) == shared
+    assert set(OpenAIDescriberResource.model_fields) == shared | {"url", "model", "api_key", "timeout_s", "retries"}
+    assert set(TransformersDescriberResource.model_fields) == shared | {
+        "model",
+        "device",
+        "max_new_tokens",
+        "load_in_8bit",
+    }
+    with pytest.raises(TypeError, match="abstract"):
+        ImageDescriberResource()
+
+    # A command line offers every backend's options: the chosen one takes its own and leaves the rest.
+    ocr = describer_resource("ocr", model="qwen2-vl", device="cuda", prompt="¿Qué es?")
+    assert type(ocr) is OcrDescriberResource and ocr.question() == "¿Qué es?"
+    transformers = describer_resource("transformers", url=None, model="/srv/qwen2-vl", device="cuda")
+    assert (transformers.model, transformers.device, transformers.max_new_tokens) == ("/srv/qwen2-vl", "cuda", 256)
+    with pytest.raises(TypeError, match="no image describer has the fields"):
+        describer_resource("ocr", modle="qwen2-vl")
+
+
+@pytest.mark.parametrize("backend", [None, "ocr", "openai", "transformers"])
+def test_the_site_setting_picks_the_describer_class(monkeypatch, backend):
+    import dagster as dg
+
+    from newsllm_pipeline.resources.documents import DESCRIBER_RESOURCES, image_describer_from_settings
+
+    for variable in VISION_SETTINGS:
+        monkeypatch.delenv(variable, raising=False)
+    if backend:
+        monkeypatch.setenv("NEWSLLM_DESCRIBER", backend)
+    monkeypatch.setenv("NEWSLLM_VISION_URL", "http://gpu-host:8000/v1")
+    monkeypatch.setenv("NEWSLLM_VISION_MODEL", "qwen2-vl")
+
+    chosen = image_describer_from_settings()
+    assert type(chosen) is DESCRIBER_RESOURCES[backend or "ocr"] and chosen.backend == (backend or "ocr")
+    if backend == "openai":  # the endpoint is read when a run starts, not when the code location loads
+        monkeypatch.setenv("NEWSLLM_VISION_URL", "http://otro-host:8000/v1")
+        with dg.build_resources({"image_describer": chosen}) as resources:
+            describer = resources.image_describer.describer()
+        assert describer.url == "http://otro-host:8000/v1/chat/completions" and describer.model == "qwen2-vl"
+
+
+def test_an_unknown_describer_setting_fails_with_the_choices(monkeypatch):
+    from newsllm_pipeline.resources.documents import image_describer_from_settings
+
+    monkeypatch.setenv("NEWSLLM_DESCRIBER", "gpt4")
+    with pytest.raises(
+        ValueError, match="NEWSLLM_DESCRIBER: unknown image describer 'gpt4': choose one of ocr, openai"
+    ):
+        image_describer_from_settings()

@@ -21,7 +21,7 @@ from newsllm_pipeline.jobs.documents import raw_documents_sensor
 from newsllm_pipeline.resources.documents import (
     DoclingConverterResource,
     DocumentStore,
-    ImageDescriberResource,
+    OcrDescriberResource,
     TextGeneratorResource,
 )
 
@@ -46,7 +46,7 @@ def resources(store, model_dir):
     return {
         "document_store": store,
         "docling_converter": DoclingConverterResource(mode="offline"),
-        "image_describer": ImageDescriberResource(backend="ocr"),
+        "image_describer": OcrDescriberResource(),
         "text_generator": TextGeneratorResource(model_dir=model_dir, max_new_tokens=24),
     }
 

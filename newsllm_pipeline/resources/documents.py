@@ -1,12 +1,18 @@
 """Resources of the document chain: where documents live, the Docling converter, the image describer."""
 
 import os
+from abc import abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from ..documents.chain import inbox_files
+from ..settings import site_setting
+
+if TYPE_CHECKING:
+    from ..documents.descriptions import ImageDescriber
 
 
 class DocumentStore(dg.ConfigurableResource):
@@ -79,46 +85,122 @@ class DoclingConverterResource(dg.ConfigurableResource):
 
 
 class ImageDescriberResource(dg.ConfigurableResource):
-    """Describes extracted pictures. `ocr` (offline default): RapidOCR text, size and colours in a Spanish
-    sentence. `openai`: any OpenAI-compatible vision endpoint (vLLM, the project's vision server).
-    `transformers`: a local vision-language model folder (e.g. Qwen2-VL), on GPU."""
+    """Describes extracted pictures. One subclass per backend, each with its own fields:
+    `OcrDescriberResource` (offline default), `OpenAIDescriberResource`, `TransformersDescriberResource`;
+    `image_describer_from_settings` picks one from the site's settings."""
 
-    backend: str = Field(default="ocr", description="'ocr', 'openai' or 'transformers'")
+    backend: ClassVar[str]  # the name NEWSLLM_DESCRIBER and the command line use
+
     prompt: str | None = Field(default=None, description="Question asked about each picture (Spanish default)")
     min_side_px: int = Field(default=32, description="Pictures with a side shorter than this are skipped")
-    url: str | None = Field(default=None, description="openai: base URL, e.g. http://gpu-host:8000/v1")
-    model: str | None = Field(default=None, description="openai: model name; transformers: model folder")
-    api_key: str | None = Field(default=None, description="openai: bearer token (use EnvVar)")
-    timeout_s: float = Field(default=60.0)
-    retries: int = Field(default=2)
-    device: str = Field(default="auto", description="transformers: 'auto', 'cuda', 'cpu'")
 
     _describer = PrivateAttr(default=None)
 
-    def describer(self):
+    def describer(self) -> "ImageDescriber":
+        """The backend's describer, loaded on first use and kept."""
         if self._describer is None:
-            from ..documents import descriptions
-
-            if self.backend == "ocr":
-                self._describer = descriptions.OcrDescriber()
-            elif self.backend == "openai":
-                if not self.url or not self.model:
-                    raise dg.Failure("the openai describer needs url and model")
-                self._describer = descriptions.OpenAIDescriber(
-                    self.url, self.model, api_key=self.api_key, timeout_s=self.timeout_s, retries=self.retries
-                )
-            elif self.backend == "transformers":
-                if not self.model:
-                    raise dg.Failure("the transformers describer needs model (a vision-language model folder)")
-                self._describer = descriptions.TransformersDescriber(self.model, device=self.device)
-            else:
-                raise dg.Failure(f"unknown describer backend {self.backend!r}: use 'ocr', 'openai' or 'transformers'")
+            self._describer = self.load_describer()
         return self._describer
+
+    @abstractmethod
+    def load_describer(self) -> "ImageDescriber": ...
 
     def question(self) -> str:
         from ..documents.descriptions import DEFAULT_PROMPT
 
         return self.prompt or DEFAULT_PROMPT
+
+
+class OcrDescriberResource(ImageDescriberResource):
+    """RapidOCR reads the figure's text; with the document's own words about it, a Spanish sentence. Offline."""
+
+    backend: ClassVar[str] = "ocr"
+
+    def load_describer(self) -> "ImageDescriber":
+        from ..documents.descriptions import OcrDescriber
+
+        return OcrDescriber()
+
+
+class OpenAIDescriberResource(ImageDescriberResource):
+    """Any OpenAI-compatible vision endpoint (vLLM, the project's vision server)."""
+
+    backend: ClassVar[str] = "openai"
+
+    url: str | None = Field(default=None, description="Base URL, e.g. http://gpu-host:8000/v1")
+    model: str | None = Field(default=None, description="Model name the endpoint serves")
+    api_key: str | None = Field(default=None, description="Bearer token (use EnvVar)")
+    timeout_s: float = Field(default=60.0)
+    retries: int = Field(default=2, description="Further attempts after a connection error or a 5xx")
+
+    def load_describer(self) -> "ImageDescriber":
+        from ..documents.descriptions import OpenAIDescriber
+
+        if not self.url or not self.model:
+            raise dg.Failure(
+                "the openai describer needs url and model (NEWSLLM_VISION_URL and NEWSLLM_VISION_MODEL, or "
+                "--vision-url and --vision-model)"
+            )
+        return OpenAIDescriber(
+            self.url, self.model, api_key=self.api_key, timeout_s=self.timeout_s, retries=self.retries
+        )
+
+
+class TransformersDescriberResource(ImageDescriberResource):
+    """A local vision-language model folder (e.g. Qwen2-VL) run with transformers, meant for a GPU."""
+
+    backend: ClassVar[str] = "transformers"
+
+    model: str | None = Field(default=None, description="A local vision-language model folder")
+    device: str = Field(default="auto", description="'auto', 'cuda', 'cuda:1', 'cpu'")
+    max_new_tokens: int = Field(default=256, description="Longest description, in tokens")
+    load_in_8bit: bool = Field(default=False, description="8-bit weights (bitsandbytes, CUDA only)")
+
+    def load_describer(self) -> "ImageDescriber":
+        from ..documents.descriptions import TransformersDescriber
+
+        if not self.model:
+            raise dg.Failure("the transformers describer needs model: a vision-language model folder")
+        return TransformersDescriber(
+            self.model, device=self.device, max_new_tokens=self.max_new_tokens, load_in_8bit=self.load_in_8bit
+        )
+
+
+DESCRIBER_RESOURCES: dict[str, type[ImageDescriberResource]] = {
+    resource.backend: resource
+    for resource in (OcrDescriberResource, OpenAIDescriberResource, TransformersDescriberResource)
+}
+
+
+def describer_resource(backend: str, **fields) -> ImageDescriberResource:
+    """The resource of `backend` ('ocr', 'openai' or 'transformers') with those `fields` it has: fields set to
+    None and other backends' fields are left out, so a caller (a command line) may offer every backend's."""
+    resource = DESCRIBER_RESOURCES.get(backend)
+    if resource is None:
+        raise ValueError(f"unknown image describer {backend!r}: choose one of {', '.join(DESCRIBER_RESOURCES)}")
+    unknown = set(fields).difference(*(other.model_fields for other in DESCRIBER_RESOURCES.values()))
+    if unknown:
+        raise TypeError(f"no image describer has the fields {sorted(unknown)}")
+    return resource(
+        **{name: value for name, value in fields.items() if value is not None and name in resource.model_fields}
+    )
+
+
+def image_describer_from_settings() -> ImageDescriberResource:
+    """The site's describer. NEWSLLM_DESCRIBER (ocr, openai or transformers; default ocr) picks the class, so it is
+    read when the code location loads; NEWSLLM_VISION_URL, NEWSLLM_VISION_MODEL and NEWSLLM_VISION_API_KEY fill
+    the fields that backend has, read at run time and shown in the UI."""
+    backend = site_setting("DESCRIBER", "ocr")
+    name = backend.get_value() if isinstance(backend, dg.EnvVar) else backend
+    try:
+        return describer_resource(
+            name,
+            url=site_setting("VISION_URL", "") or None,
+            model=site_setting("VISION_MODEL", "") or None,
+            api_key=site_setting("VISION_API_KEY", "") or None,
+        )
+    except ValueError as error:
+        raise ValueError(f"NEWSLLM_DESCRIBER: {error}") from error
 
 
 class TextGeneratorResource(dg.ConfigurableResource):

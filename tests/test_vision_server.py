@@ -26,8 +26,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from newsllm_pipeline.cli import main
 from newsllm_pipeline.documents.descriptions import DescriptionError, OcrDescriber
+from newsllm_pipeline.vision.app import create_app
 from newsllm_pipeline.vision.client import docling_picture_description
-from newsllm_pipeline.vision.server import MB, ServerSettings, create_app, load_describer, running_in_thread
+from newsllm_pipeline.vision.server import load_describer, running_in_thread
+from newsllm_pipeline.vision.service import ServerSettings
+from newsllm_pipeline.vision.uploads import MB
 from tests.conftest import FONT, banner
 
 TOKEN = "token-de-prueba-9f2c"
@@ -191,13 +194,13 @@ def test_sixteen_parallel_requests_are_each_answered_for_their_own_image(ocr_ser
 
 
 def test_the_pipelines_openai_describer_uses_the_server(ocr_server, tmp_path):
-    from newsllm_pipeline.resources.documents import ImageDescriberResource
+    from newsllm_pipeline.resources.documents import OpenAIDescriberResource
 
     image = banner(tmp_path / "grafico.png", ["Gasto en sanidad"])
-    resource = ImageDescriberResource(backend="openai", url=f"{ocr_server.url}/v1", model="qwen2-vl", api_key=TOKEN)
+    resource = OpenAIDescriberResource(url=f"{ocr_server.url}/v1", model="qwen2-vl", api_key=TOKEN)
     assert "Gasto en sanidad" in resource.describer().describe(image, resource.question())
 
-    anonymous = ImageDescriberResource(backend="openai", url=f"{ocr_server.url}/v1", model="qwen2-vl")
+    anonymous = OpenAIDescriberResource(url=f"{ocr_server.url}/v1", model="qwen2-vl")
     with pytest.raises(DescriptionError, match="HTTP 401: missing token"):
         anonymous.describer().describe(image, "Describe la imagen.")
 
@@ -432,13 +435,13 @@ def test_vision_client_interactive_session(quick_server, tmp_path):
 def test_eight_bit_loading_fails_clearly_where_it_cannot_run(tmp_path):
     (tmp_path / "config.json").write_text("{}", encoding="utf-8")
     with pytest.raises(ValueError, match="8-bit loading needs a CUDA device"):
-        load_describer("transformers", str(tmp_path), device="cpu", load_in_8bit=True)
+        load_describer("transformers", model=str(tmp_path), device="cpu", load_in_8bit=True)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("NEWSLLM_TEST_VLM_DIR"), reason="set NEWSLLM_TEST_VLM_DIR to a VLM folder")
 def test_a_vision_language_model_behind_the_server_reads_the_picture(tmp_path):
-    describer = load_describer("transformers", os.environ["NEWSLLM_TEST_VLM_DIR"], max_new_tokens=96)
+    describer = load_describer("transformers", model=os.environ["NEWSLLM_TEST_VLM_DIR"], max_new_tokens=96)
     with serving(describer, backend="transformers", device=describer.device, max_upload_bytes=20 * MB) as server:
         reply = analyze(server, banner(tmp_path / "grafico.png", ["PRESUPUESTOS"]).read_bytes())
     assert reply.status_code == 200 and "presupuestos" in reply.json()["response"].lower()

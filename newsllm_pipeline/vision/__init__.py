@@ -1,6 +1,9 @@
-"""The image-description service: an HTTP server around one describer (`server`) and its client (`client`).
+"""The image-description service: an HTTP server around one describer and its client (`client`).
 
 The server answers the original project's REST API (`/analyze`, `/analyze_base64`, `/status`, `/health`) and
 OpenAI's `/v1/chat/completions`, so the pipeline's `openai` describer and Docling's picture-description API
-option can use it as well as people.
+option can use it as well as people. One module per job: `uploads` (image checks and limits), `request_bodies`
+(what clients send, parsed), `errors` (the APIs' error bodies), `service` (the describer behind a bounded pool
+and the endpoints), `middleware` (token, body size, request counts, log line), `app` (the ASGI app assembled),
+`server` (start-up), and `page.html` (the upload page).
 """

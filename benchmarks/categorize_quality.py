@@ -47,7 +47,7 @@ from newsllm_pipeline.demo import gold_labels
 from newsllm_pipeline.feeds import parse_feed
 from newsllm_pipeline.files import read_jsonl
 from newsllm_pipeline.models import PACKAGED_MODELS, packaged_model_for, resolve_model_dir
-from newsllm_pipeline.resources import CategorizerResource
+from newsllm_pipeline.resources.noticias import TransformersCategorizerResource
 from newsllm_pipeline.training.lora import train_lora
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "categorize.json"
@@ -100,12 +100,12 @@ def train_adapter(model_dir: str, train: list[dict], item_set: str) -> Path:
     )
     print(
         f"{name}: adapter {run.version} ({'reused' if run.reused else 'trained'}, "
-        f"{run.info['train_runtime_s']:.0f} s, {len(records)} examples)"
+        f"{run.record.train_runtime_s:.0f} s, {len(records)} examples)"
     )
     return run.adapter_dir
 
 
-def items_per_s(categorizer: CategorizerResource, texts: list[str]) -> float:
+def items_per_s(categorizer: TransformersCategorizerResource, texts: list[str]) -> float:
     """Throughput on `texts` after a short warm-up (the first batches pick their kernels)."""
     categorizer.categorize(texts[:16])
     started = time.perf_counter()
@@ -113,7 +113,7 @@ def items_per_s(categorizer: CategorizerResource, texts: list[str]) -> float:
     return round(len(texts) / (time.perf_counter() - started), 2)
 
 
-def measure(categorizer: CategorizerResource, held_out: list[dict], speed_items: list[dict]) -> dict:
+def measure(categorizer: TransformersCategorizerResource, held_out: list[dict], speed_items: list[dict]) -> dict:
     """Quality per input field on the held-out items (with a lede for "headline+lede"), and items/s per field
     on `speed_items`."""
     results = {}
@@ -141,7 +141,7 @@ def evaluate(names: list[str], item_set: str = "real") -> dict:
         model_dir = resolve_model_dir(name)
         adapter_dir = train_adapter(model_dir, train, item_set)
         for method, adapter in (("few-shot", None), ("adapter", str(adapter_dir))):
-            categorizer = CategorizerResource(model_dir=model_dir, adapter_dir=adapter, device="cpu")
+            categorizer = TransformersCategorizerResource(model_dir=model_dir, adapter_dir=adapter, device="cpu")
             categorizer.load()  # loading (and the calibration prior) is not timed
             combos[f"{name} {method}"] = measure(categorizer, held_out, speed_items)
             print(f"  {name} {method}: {combos[f'{name} {method}']['headline']}")

@@ -77,7 +77,8 @@ def run_worker(name: str, model_dir: str, steps: int, warmup: int) -> dict:
 
     from transformers import AutoTokenizer, TrainerCallback
 
-    from newsllm_pipeline.training.lora import PROFILES, TokenCounter, _trainer, learnable_records, resolve_precision
+    from newsllm_pipeline.training.lora import PROFILES, learnable_records, resolve_precision
+    from newsllm_pipeline.training.trainer import TokenCounter, trainer_for
 
     records = headline_records()
     settings = PROFILES["cpu"].with_overrides(
@@ -101,7 +102,7 @@ def run_worker(name: str, model_dir: str, steps: int, warmup: int) -> dict:
                 timing["processed"] += counter.processed
 
     with tempfile.TemporaryDirectory() as work_dir:
-        trainer = _trainer(
+        trainer = trainer_for(
             model_dir, tokenizer, learnable.records, settings, Path(work_dir), "cpu", precision, [StepTimer()]
         )
         counter.attach(trainer.model)

@@ -20,16 +20,8 @@ from newsllm_pipeline.device_memory import PEAK_KEY, peak_device_memory
 from newsllm_pipeline.documents.dataset import Example, build_dataset, write_dataset
 from newsllm_pipeline.resources.documents import DocumentStore
 from newsllm_pipeline.resources.training import LoraTrainerResource
-from newsllm_pipeline.training.lora import (
-    PROFILES,
-    Precision,
-    alpaca_records,
-    load_training_base,
-    lora_model,
-    parameter_dtypes,
-    resolve_precision,
-    train_lora,
-)
+from newsllm_pipeline.training.lora import PROFILES, Precision, alpaca_records, resolve_precision, train_lora
+from newsllm_pipeline.training.trainer import load_training_base, lora_model, parameter_dtypes
 from newsllm_pipeline.training.trainer_args import cuda_index
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
@@ -83,6 +75,7 @@ def test_the_gpu_benchmark_imports_nothing_the_gpu_machine_lacks():
     modules = [
         "harness",
         "newsllm_pipeline.training.lora",
+        "newsllm_pipeline.training.trainer",
         "newsllm_pipeline.training.trainer_args",
         "newsllm_pipeline.categorizer.transformers_backend",
         "newsllm_pipeline.categorizer.exllamav2_backend",
@@ -137,7 +130,7 @@ def test_fp16_training_on_cuda_keeps_the_base_in_fp16_and_learns(model_dir, tmp_
 
     settings = PROFILES["cpu"].with_overrides(**{**TINY, "max_steps": 6})
     run = train_lora(model_dir, alpaca_records(_rows()), tmp_path, settings, device="cuda", precision="fp16")
-    dtypes = run.info["parameter_dtypes"]
+    dtypes = run.record.parameter_dtypes
     assert list(dtypes["frozen"]) == ["float16"] and list(dtypes["trainable"]) == ["float32"]
     assert all(math.isfinite(entry["loss"]) for entry in run.log_history if "loss" in entry)
     weights = load_file(run.adapter_dir / "adapter_model.safetensors")
@@ -148,7 +141,7 @@ def test_fp16_training_on_cuda_keeps_the_base_in_fp16_and_learns(model_dir, tmp_
 @needs_cuda
 def test_training_stays_on_the_device_it_was_given(model_dir, tmp_path):
     """The last GPU ("cuda:1" on a two-GPU machine): no DataParallel, nothing allocated on the others."""
-    from newsllm_pipeline.training.lora import _trainer
+    from newsllm_pipeline.training.trainer import trainer_for
 
     device = f"cuda:{torch.cuda.device_count() - 1}"
     others = {index: torch.cuda.memory_allocated(index) for index in range(torch.cuda.device_count() - 1)}
@@ -157,7 +150,7 @@ def test_training_stays_on_the_device_it_was_given(model_dir, tmp_path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    trainer = _trainer(model_dir, tokenizer, alpaca_records(_rows()), settings, tmp_path, device, precision, [])
+    trainer = trainer_for(model_dir, tokenizer, alpaca_records(_rows()), settings, tmp_path, device, precision, [])
     trainer.train()
     assert trainer.args.device == torch.device(device) and trainer.args.n_gpu == 1
     assert {parameter.device for parameter in trainer.model.parameters()} == {torch.device(device)}

@@ -17,13 +17,9 @@ from newsllm_pipeline.files import read_jsonl
 from newsllm_pipeline.jobs.training import lora_retraining_schedule
 from newsllm_pipeline.resources.documents import DocumentStore
 from newsllm_pipeline.resources.training import LoraTrainerResource
-from newsllm_pipeline.training.lora import (
-    PROFILES,
-    LengthBucketSampler,
-    alpaca_records,
-    learnable_records,
-    train_lora,
-)
+from newsllm_pipeline.training.lora import PROFILES, TrainingRun, alpaca_records, learnable_records, train_lora
+from newsllm_pipeline.training.record import TrainingRecord
+from newsllm_pipeline.training.trainer import LengthBucketSampler
 
 FEEDS = Path(__file__).parent.parent / "data" / "feeds"
 TINY = {"max_steps": 2, "batch_size": 2, "max_length": 256, "save_steps": 1}
@@ -183,8 +179,37 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(model_dir, datase
     run = train_lora(model_dir, records, adapters, settings, device="cpu")
     assert run.resumed_from == "checkpoint-2"
     steps = [entry["step"] for entry in run.log_history if "loss" in entry]
-    assert steps == [1, 2, 3] and run.info["global_step"] == 3
+    assert steps == [1, 2, 3] and run.record.global_step == 3
     assert not (adapters / ".training" / run.version).exists()
+
+
+def test_a_training_record_written_by_older_code_reads_with_defaults(tmp_path):
+    """An adapter trained by an older version is reused as long as its version matches: its record may lack
+    fields added since and hold keys dropped since, and the asset must still report it."""
+    old = {
+        "version": "0123456789ab",
+        "base_model": "/models/SmolLM2-135M-Instruct",
+        "global_step": 80,
+        "trainable_parameters": 4_884_480,
+        "total_parameters": 139_399_488,
+        "first_loss": 3.2,
+        "retired_field": "an old key",
+    }
+    (tmp_path / "newsllm_training.json").write_text(json.dumps(old), encoding="utf-8")
+    record = TrainingRecord.read(tmp_path)
+    assert record.version == "0123456789ab" and record.global_step == 80 and record.trainable_share_pct == 3.504
+    assert record.dataset_version is None and record.tokens_per_second is None and record.parameter_dtypes is None
+    assert not hasattr(record, "retired_field")
+
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"")
+    (tmp_path / "log_history.json").write_text("[]", encoding="utf-8")
+    metadata = training_assets._training_metadata(TrainingRun(tmp_path, record.version, record, reused=True))
+    assert metadata["steps"] == 80 and metadata["dataset_version"] == "" and metadata["tokens_per_s"] is None
+
+    again = tmp_path / "again"
+    again.mkdir()
+    record.write(again)
+    assert TrainingRecord.read(again) == record
 
 
 def test_retraining_schedule_skips_an_unchanged_dataset(model_dir, dataset_dir, tmp_path):
@@ -210,7 +235,7 @@ def test_categorizer_adapter_trains_on_trusted_labels_and_changes_the_scores(mod
     from newsllm_pipeline import db
     from newsllm_pipeline.db import import_reviews_csv
     from newsllm_pipeline.feeds import ingest_feeds
-    from newsllm_pipeline.resources import CategorizerResource, NoticiasDatabase
+    from newsllm_pipeline.resources.noticias import NoticiasDatabase, TransformersCategorizerResource
     from newsllm_pipeline.settings import SHIPPED_REAL_ITEMS
 
     url = f"sqlite:///{tmp_path / 'noticias.db'}"
@@ -221,7 +246,7 @@ def test_categorizer_adapter_trains_on_trusted_labels_and_changes_the_scores(mod
     trainer = _trainer(model_dir, tmp_path)
     resources = {
         "noticias_db": NoticiasDatabase(url=url),
-        "categorizer": CategorizerResource(model_dir=model_dir, device="cpu"),
+        "categorizer": TransformersCategorizerResource(model_dir=model_dir, device="cpu"),
         "lora_trainer": trainer,
     }
     assets = [
@@ -255,8 +280,8 @@ def test_categorizer_adapter_trains_on_trusted_labels_and_changes_the_scores(mod
     adapter = trainer.current("categorizer")
     assert json.loads((adapter / "newsllm_categorizer.json").read_text())["few_shot"] is False
     text = "El Valencia gana al Sevilla en Mestalla con dos goles en la segunda parte"
-    base = CategorizerResource(model_dir=model_dir, device="cpu", calibration=False).categorize([text])[0]
-    tuned = CategorizerResource(
+    base = TransformersCategorizerResource(model_dir=model_dir, device="cpu", calibration=False).categorize([text])[0]
+    tuned = TransformersCategorizerResource(
         model_dir=model_dir, device="cpu", adapter_dir=str(tmp_path / "categorizer_adapters" / "current")
     ).categorize([text])[0]
     assert max(abs(base.probabilities[c] - tuned.probabilities[c]) for c in base.probabilities) > 1e-3
@@ -279,12 +304,13 @@ def test_cpu_loss_on_completion_tokens_equals_the_full_cross_entropy(model_dir, 
     """The CPU trainer runs the LM head on completion positions only; its loss must be the usual one."""
     from transformers import AutoTokenizer
 
-    from newsllm_pipeline.training.lora import _trainer, resolve_precision
+    from newsllm_pipeline.training.lora import resolve_precision
+    from newsllm_pipeline.training.trainer import trainer_for
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     records = alpaca_records(read_jsonl(dataset_dir / "train.jsonl"))
     settings = PROFILES["cpu"].with_overrides(**TINY)
-    trainer = _trainer(
+    trainer = trainer_for(
         model_dir, tokenizer, records, settings, dataset_dir / "work", "cpu", resolve_precision("fp32", "cpu"), []
     )
     batch = next(iter(trainer.get_train_dataloader()))

@@ -21,14 +21,12 @@ from ..documents.dataset import DatasetFiles
 from ..files import content_version, read_jsonl
 from ..models import resolve_model_dir
 from ..plots import chart_markdown
-from ..resources import CategorizerResource, NoticiasDatabase
 from ..resources.documents import DocumentStore
+from ..resources.noticias import CategorizerResource, NoticiasDatabase
 from ..resources.training import LoraTrainerResource
 from ..settings import PROJECT_HOME, SHIPPED_REAL_ITEMS
 from ..splits import EVAL_JSONL, REAL_DEV_JSONL, TRAIN_JSONL
 from ..training.lora import PROFILES, LoraSettings, TrainingRun, alpaca_records, train_lora
-from .documents import training_dataset
-from .noticias import noticias
 
 GROUP = "lora"
 
@@ -94,32 +92,31 @@ def _loss_curve(history: list[dict]) -> str:
 
 
 def _training_metadata(run: TrainingRun) -> dict:
-    info = run.info
-    trainable, total = info["trainable_parameters"], info["total_parameters"]
+    record = run.record
     history = run.log_history
     return {
         "version": run.version,
         "adapter_dir": dg.MetadataValue.path(str(run.adapter_dir)),
         "retrained": not run.reused,
-        "resumed_from": info.get("resumed_from") or "",
-        "dataset_version": info.get("dataset_version", ""),
-        "base_model": info["base_model"],
-        "device": info["device"],
-        "precision": info["precision"],
-        "examples": info["examples"],
-        "examples_dropped": info["examples_dropped"],
-        "trainable_parameters": trainable,
-        "trainable_share_pct": round(100 * trainable / total, 3),
+        "resumed_from": record.resumed_from or "",
+        "dataset_version": record.dataset_version or "",
+        "base_model": record.base_model,
+        "device": record.device,
+        "precision": record.precision,
+        "examples": record.examples,
+        "examples_dropped": record.examples_dropped,
+        "trainable_parameters": record.trainable_parameters,
+        "trainable_share_pct": record.trainable_share_pct,
         "adapter_size": _size(run.adapter_dir / "adapter_model.safetensors"),
-        "steps": info["global_step"],
-        "runtime_s": info["train_runtime_s"],
-        "samples_per_s": info["train_samples_per_second"],
-        "tokens_per_s": info["tokens_per_second"],
-        "padding_share": info["padding_share"],
-        "first_loss": info["first_loss"],
-        "final_loss": info["final_loss"],
+        "steps": record.global_step,
+        "runtime_s": record.train_runtime_s,
+        "samples_per_s": record.train_samples_per_second,
+        "tokens_per_s": record.tokens_per_second,
+        "padding_share": record.padding_share,
+        "first_loss": record.first_loss,
+        "final_loss": record.final_loss,
         "loss_curve": dg.MetadataValue.md(_loss_curve(history)) if history else "",
-        "parameter_dtypes": dg.MetadataValue.json(info.get("parameter_dtypes", {})),
+        "parameter_dtypes": dg.MetadataValue.json(record.parameter_dtypes or {}),
     }
 
 
@@ -145,7 +142,7 @@ def _train(
 
 @dg.asset(
     group_name=GROUP,
-    deps=[training_dataset],
+    deps=["training_dataset"],  # by key: each domain loads only its own assets
     kinds={"pytorch"},
     pool="gpu",
     description="A LoRA adapter trained on the instruction dataset (loss on the answers only). The version "
@@ -167,7 +164,7 @@ def lora_adapter(
         lora_trainer,
         "documents",
         alpaca_records(rows),
-        provenance={"dataset_version": files.version()},
+        dataset_version=files.version(),
     )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(run.version), metadata={**_training_metadata(run), **memory}
@@ -269,7 +266,7 @@ class CategorizerSetConfig(dg.Config):
 
 @dg.asset(
     group_name=GROUP,
-    deps=[noticias],
+    deps=["noticias"],
     kinds={"parquet"},
     description="Noticias with a trusted category (reviewed, or feed tags / url section that map to one category), "
     "split by url hash into train and a held-out set that keeps its items as the table grows, merged with the "
@@ -336,9 +333,7 @@ def categorizer_adapter(
         records,
         base_model=base_model,
         extra_files={PROMPT_SETTINGS: prompt.to_json()},
-        provenance={
-            "dataset_version": content_version(folder / TRAIN_JSONL, folder / EVAL_JSONL, folder / REAL_DEV_JSONL)
-        },
+        dataset_version=content_version(folder / TRAIN_JSONL, folder / EVAL_JSONL, folder / REAL_DEV_JSONL),
     )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(run.version), metadata={**_training_metadata(run), **memory}
@@ -366,12 +361,11 @@ def categorizer_evaluation(
     adapter_dir = lora_trainer.current("categorizer")
     texts, truth = [item.text for item in items], [item.categoria for item in items]
     titles, real_truth = [item.text.split("\n", 1)[0] for item in real_dev], [item.categoria for item in real_dev]
-    settings = {**categorizer.model_dump(), "use_current_adapter": False}
     reports, real_accuracy = {}, {}
-    with peak_device_memory(categorizer.device) as memory:
+    with peak_device_memory(categorizer.compute_device) as memory:
         for name, adapter in (("base", None), ("adapter", str(adapter_dir))):
             context.log.info(f"categorising {len(texts)} held-out noticias, {len(titles)} real headlines: {name}")
-            model = CategorizerResource(**{**settings, "adapter_dir": adapter})
+            model = categorizer.with_adapter(adapter)
             reports[name] = accuracy_report(truth, _predictions(model, texts))
             if titles:
                 real_accuracy[name] = round(accuracy_report(real_truth, _predictions(model, titles)).accuracy, 3)

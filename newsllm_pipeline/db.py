@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,16 +146,25 @@ def count_claimable(engine: Engine, max_attempts: int, lease: dt.timedelta) -> i
         return conn.execute(query).scalar_one()
 
 
-def claim_batch(engine: Engine, claimant: str, size: int, max_attempts: int, lease: dt.timedelta) -> list[ClaimedItem]:
-    """Atomically take up to `size` claimable rows for `claimant` (a run id), oldest first.
+def claim_batch(
+    engine: Engine,
+    claimant: str,
+    size: int,
+    max_attempts: int,
+    lease: dt.timedelta,
+    exclude: Collection[int] = (),
+) -> list[ClaimedItem]:
+    """Atomically take up to `size` claimable rows for `claimant` (a run id), oldest first, except the ids in
+    `exclude` (rows this run already tried: a failure is retried by a later run, not at once).
 
     PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent claims take disjoint rows without waiting.
     SQLite: the transaction holds the write lock from its BEGIN IMMEDIATE.
     """
     now = utcnow()
-    candidates = (
-        sa.select(noticias.c.id).where(_claimable(max_attempts, lease, now)).order_by(noticias.c.id).limit(size)
-    )
+    claimable = _claimable(max_attempts, lease, now)
+    if exclude:
+        claimable = sa.and_(claimable, noticias.c.id.not_in(list(exclude)))
+    candidates = sa.select(noticias.c.id).where(claimable).order_by(noticias.c.id).limit(size)
     if engine.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
     claim = (

@@ -33,7 +33,7 @@ def drain_backlog(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Call
         for request in tick.run_requests:
             run_config = {**request.run_config, **QUIET}
             result = job.execute_in_process(run_config=run_config, instance=instance, tags=request.tags)
-            output = result.output_for_node("categorize_batch")
+            output = result.output_for_node("categorize_backlog")
             runs += 1
             echo(f"  run {result.run_id[:8]}: {output} noticias categorised")
 

@@ -82,7 +82,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("FEED_TIMEOUT_S", "60", "A feed still arriving after this many seconds is refused whole"),
         Setting("MAX_ATTEMPTS", "3", "An item that failed this many times is not claimed again until reset"),
         Setting("BATCH_SIZE", "10", "Noticias a categorisation run claims and commits together"),
-        Setting("MAX_RUNS_PER_TICK", "4", "Most categorisation runs the sensor launches per tick"),
+        Setting("RUN_TIME_BUDGET_S", "300", "A categorisation run stops claiming batches after this many seconds"),
+        Setting("MAX_PARALLEL_RUNS", "1", "Most categorisation runs working at once"),
+        Setting("SENSOR_INTERVAL_S", "15", "Seconds between the categorisation sensor's ticks (read at load)"),
         Setting("BACKEND", "transformers", "Categoriser backend: 'transformers' (CPU or CUDA) or 'exllamav2' (CUDA)"),
         Setting("MODEL_DIR", lambda: str(DEFAULT_MODEL_DIR), "Base model for generation and document adapters"),
         Setting(

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from newsllm_pipeline import db
 from newsllm_pipeline.assets.noticias import no_permanently_failed_noticias, noticias, noticias_category_stats
+from newsllm_pipeline.categorizer.batch import drain
 from newsllm_pipeline.categorizer.prompt import DEFAULT_CATEGORIES
 from newsllm_pipeline.jobs.noticias import (
     categorize_noticias_job,
@@ -25,9 +26,10 @@ def _rows(engine):
         return conn.execute(sa.select(db.noticias).order_by(db.noticias.c.id)).mappings().all()
 
 
-def _run(resources, batch_size=10):
+def _run(resources, batch_size=10, **config):
     return categorize_noticias_job.execute_in_process(
-        run_config={"ops": {"categorize_batch": {"config": {"batch_size": batch_size}}}}, resources=resources
+        run_config={"ops": {"categorize_backlog": {"config": {"batch_size": batch_size, **config}}}},
+        resources=resources,
     )
 
 
@@ -45,10 +47,10 @@ def test_feeds_to_categorised_rows_end_to_end(resources, engine):
         },
     )
     assert ingest.asset_materializations_for_node("noticias")[0].metadata["new_items"].value == 9
-    first = _run(resources, batch_size=5)
-    assert first.output_for_node("categorize_batch") == 5
-    launched_by_hand = categorize_noticias_job.execute_in_process(resources=resources)  # no config: next batch
-    assert launched_by_hand.output_for_node("categorize_batch") == 4
+    first = _run(resources, batch_size=5, max_batches=1)
+    assert first.output_for_node("categorize_backlog") == 5
+    launched_by_hand = categorize_noticias_job.execute_in_process(resources=resources)  # no config: the rest
+    assert launched_by_hand.output_for_node("categorize_backlog") == 4
     rows = _rows(engine)
     assert all(row["llm_processed"] and row["llm_processed_at"] for row in rows)
     assert all(row["llm_categoria"] in DEFAULT_CATEGORIES and 0 < row["llm_confianza"] <= 1 for row in rows)
@@ -75,9 +77,53 @@ def test_two_runs_at_once_take_disjoint_batches(resources, engine):
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(result.output_for_node("categorize_batch") for result in results) == [6, 6]
+    # Each run drains what it can claim; a row taken twice would be counted twice.
+    assert sum(result.output_for_node("categorize_backlog") for result in results) == 12
     rows = _rows(engine)
     assert all(row["llm_processed"] for row in rows) and len(rows) == 12
+
+
+def test_a_run_drains_the_backlog_batch_by_batch_and_shows_every_batch(resources, engine):
+    db.insert_new(engine, sample_rows(25))
+    result = _run(resources, batch_size=10)
+    assert result.output_for_node("categorize_backlog") == 25
+    observations = [event.asset_observation_data.asset_observation for event in result.get_asset_observation_events()]
+    assert [observation.metadata["claimed"].value for observation in observations] == [10, 10, 5]
+    output = next(event for event in result.all_events if event.is_successful_output)
+    assert output.event_specific_data.metadata["batches"].value == 3
+
+
+def test_the_time_budget_ends_a_run_cleanly_after_its_batch(resources, engine):
+    db.insert_new(engine, sample_rows(12))
+    result = _run(resources, batch_size=5, time_budget_s=0)
+    assert result.success and result.output_for_node("categorize_backlog") == 5
+    rows = _rows(engine)
+    assert sum(row["llm_processed"] for row in rows) == 5
+    assert all(row["llm_claimed_by"] is None for row in rows)  # nothing left claimed by the ended run
+
+
+def test_a_run_stopped_mid_backlog_keeps_its_committed_batches_and_releases_the_one_in_hand(
+    database_url, engine, categorizer
+):
+    db.insert_new(engine, sample_rows(25))
+    calls = []
+
+    def categorize_then_get_stopped(texts):
+        calls.append(len(texts))
+        if len(calls) == 2:  # what Dagster raises in a run that is terminated
+            raise KeyboardInterrupt
+        return categorizer.categorize(texts)
+
+    database = NoticiasDatabase(url=database_url)
+    with pytest.raises(KeyboardInterrupt):
+        for _ in drain(
+            database.engine, "run-1", 10, categorize_then_get_stopped, database.max_attempts, database.lease, 600
+        ):
+            pass
+    rows = _rows(engine)
+    assert [row["id"] for row in rows if row["llm_processed"]] == [row["id"] for row in rows[:10]]
+    assert all(row["llm_claimed_by"] is None and row["llm_attempts"] == 0 for row in rows[10:])
+    assert database.count_claimable() == 15  # the next run takes them
 
 
 def test_an_answer_that_is_not_a_category_is_recorded_as_failed_and_retried_up_to_the_limit(
@@ -92,11 +138,11 @@ def test_an_answer_that_is_not_a_category_is_recorded_as_failed_and_retried_up_t
     db.insert_new(engine, sample_rows(1))
     for attempt in (1, 2):
         result = _run(resources)
-        assert result.success and result.output_for_node("categorize_batch") == 0
+        assert result.success and result.output_for_node("categorize_backlog") == 0
         rows = _rows(engine)
         assert all(row["llm_attempts"] == attempt and "names no category" in row["llm_error"] for row in rows)
         assert all(row["llm_categoria"] is None and not row["llm_processed"] for row in rows)
-    assert _run(resources).output_for_node("categorize_batch") == 0
+    assert _run(resources).output_for_node("categorize_backlog") == 0
     assert NoticiasDatabase(url=database_url, max_attempts=2).status()["failed_permanently"] == 1
 
 
@@ -118,7 +164,7 @@ def test_database_dropping_mid_batch_writes_nothing_and_the_rows_are_retried(res
     rows = _rows(engine)
     assert all(row["llm_categoria"] is None and not row["llm_processed"] for row in rows)
     assert all(row["llm_claimed_by"] is None and row["llm_attempts"] == 0 for row in rows)  # claims given back
-    assert _run(resources, batch_size=5).output_for_node("categorize_batch") == 5
+    assert _run(resources, batch_size=5).output_for_node("categorize_backlog") == 5
 
 
 def test_reprocess_job_resets_a_selection_for_the_sensor(resources, engine):
@@ -133,32 +179,34 @@ def test_reprocess_job_resets_a_selection_for_the_sensor(resources, engine):
     assert resources["noticias_db"].count_claimable() == 1
 
 
-def _tick(database_url, instance, batch_size, max_runs_per_tick):
-    claiming = NoticiasDatabase(url=database_url, batch_size=batch_size, max_runs_per_tick=max_runs_per_tick)
+def _tick(database_url, instance, batch_size, max_parallel_runs):
+    claiming = NoticiasDatabase(url=database_url, batch_size=batch_size, max_parallel_runs=max_parallel_runs)
     with dg.build_sensor_context(instance=instance, resources={"noticias_db": claiming}) as context:
         return uncategorized_noticias_sensor.evaluate_tick(context)
 
 
 def test_sensor_launches_one_run_per_batch_up_to_the_cap_and_skips_when_idle(database_url, engine):
-    claiming = {"batch_size": 10, "max_runs_per_tick": 3}
+    claiming = {"batch_size": 10, "max_parallel_runs": 3}
     with dg.instance_for_test() as instance:
         idle = _tick(database_url, instance, **claiming)
         assert not idle.run_requests and "no uncategorised noticias" in idle.skip_message
         db.insert_new(engine, sample_rows(25))
         tick = _tick(database_url, instance, **claiming)
         assert len(tick.run_requests) == 3
-        assert tick.run_requests[0].run_config["ops"]["categorize_batch"]["config"]["batch_size"] == 10
         db.insert_new(engine, sample_rows(60, prefix="more"))
         capped = _tick(database_url, instance, **claiming)
         assert len(capped.run_requests) == 3
         assert not {r.run_key for r in tick.run_requests} & {r.run_key for r in capped.run_requests}
 
 
-def test_sensor_counts_runs_still_waiting_to_claim(database_url, engine):
-    claiming = {"batch_size": 10, "max_runs_per_tick": 5}
+def test_sensor_counts_runs_waiting_or_started_and_never_launches_runs_that_would_find_nothing(database_url, engine):
+    claiming = {"batch_size": 10, "max_parallel_runs": 5}
     db.insert_new(engine, sample_rows(25))
     with dg.instance_for_test() as instance:
-        for _ in range(2):
-            instance.create_run_for_job(categorize_noticias_job, status=dg.DagsterRunStatus.NOT_STARTED)
+        instance.create_run_for_job(categorize_noticias_job, status=dg.DagsterRunStatus.NOT_STARTED)
         tick = _tick(database_url, instance, **claiming)
-        assert len(tick.run_requests) == 1  # 3 batches needed, 2 runs already waiting
+        assert len(tick.run_requests) == 2  # 3 batches' worth, 1 run already waiting
+        instance.create_run_for_job(categorize_noticias_job, status=dg.DagsterRunStatus.STARTED)
+        assert len(_tick(database_url, instance, **claiming).run_requests) == 1  # a started run drains too
+        instance.create_run_for_job(categorize_noticias_job, status=dg.DagsterRunStatus.STARTING)
+        assert "3 runs already working" in _tick(database_url, instance, **claiming).skip_message

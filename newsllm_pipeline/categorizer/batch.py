@@ -1,10 +1,11 @@
-"""One categorisation batch: claim rows, ask the model, write every outcome in one transaction."""
+"""Categorisation in batches: claim rows, ask the model, write every outcome of a batch in one transaction;
+a draining run repeats that until the backlog is empty or its time budget is spent."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -38,15 +39,16 @@ def run_batch(
     max_attempts: int,
     lease,
     logger: logging.Logger | None = None,
+    exclude: Collection[int] = (),
 ) -> BatchOutcome:
-    """Claim up to `size` rows for `claimant`, categorise them and record the results.
+    """Claim up to `size` rows for `claimant` (except `exclude`), categorise them and record the results.
 
     Items the model cannot categorise are recorded as failed (error kept, attempt counted) and retried
     by later runs up to `max_attempts`. If the model or the database fails for the whole batch, the
     claims are given back untouched and the error propagates: nothing is half-written.
     """
     logger = logger or log
-    outcome = BatchOutcome(claimed=db.claim_batch(engine, claimant, size, max_attempts, lease))
+    outcome = BatchOutcome(claimed=db.claim_batch(engine, claimant, size, max_attempts, lease, exclude))
     if not outcome.claimed:
         return outcome
     started = time.perf_counter()
@@ -64,6 +66,36 @@ def run_batch(
         _give_back(engine, claimant, logger)
         raise
     return outcome
+
+
+def drain(
+    engine,
+    claimant: str,
+    size: int,
+    categorize: Categorize,
+    max_attempts: int,
+    lease,
+    time_budget_s: float,
+    max_batches: int | None = None,
+    logger: logging.Logger | None = None,
+) -> Iterator[BatchOutcome]:
+    """Batch after batch until nothing is left to claim, `max_batches` are done or `time_budget_s` is spent
+    (checked between batches, so a run ends within one batch of its budget). Each batch is committed before
+    the next is claimed: a crash loses at most the batch in hand, whose claims are given back (or expire).
+    Rows that failed in this run are not claimed again by it; later runs retry them."""
+    started = time.monotonic()
+    failed: set[int] = set()
+    batches = 0
+    while max_batches is None or batches < max_batches:
+        outcome = run_batch(engine, claimant, size, categorize, max_attempts, lease, logger, exclude=failed)
+        if not outcome.claimed:
+            return
+        failed.update(row.id for row in outcome.failed)
+        batches += 1
+        yield outcome
+        if time.monotonic() - started >= time_budget_s:
+            (logger or log).info("time budget of %.0f s spent after %d batches", time_budget_s, batches)
+            return
 
 
 def _give_back(engine, claimant: str, logger: logging.Logger) -> None:

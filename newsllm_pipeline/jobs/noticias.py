@@ -6,12 +6,13 @@ import math
 import time
 
 import dagster as dg
+import pandas as pd
 from pydantic import Field
 
 from .. import db
 from ..assets import noticias as noticias_assets
 from ..assets.noticias import noticias, noticias_category_stats
-from ..categorizer.batch import run_batch
+from ..categorizer.batch import drain
 from ..device_memory import peak_device_memory
 from ..resources.noticias import (
     CategorizerResource,
@@ -19,14 +20,21 @@ from ..resources.noticias import (
     categorizer_from_settings,
     noticias_database_from_settings,
 )
+from ..settings import setting
 
 NOTICIAS_ASSET = dg.AssetKey("noticias")
 
 
-class CategorizeBatchConfig(dg.Config):
+class CategorizeBacklogConfig(dg.Config):
     batch_size: int | None = Field(
-        default=None, description="How many uncategorised noticias this run claims (default: noticias_db.batch_size)"
+        default=None, description="Noticias claimed and committed together (default: noticias_db.batch_size)"
     )
+    time_budget_s: float | None = Field(
+        default=None,
+        description="Stop claiming once this many seconds are spent (default: noticias_db.run_time_budget_s); "
+        "the sensor launches another run for what is left",
+    )
+    max_batches: int | None = Field(default=None, description="Stop after this many batches (default: no limit)")
 
 
 def _results_table(outcome) -> str:
@@ -40,52 +48,76 @@ def _results_table(outcome) -> str:
     return "\n".join(lines)
 
 
-@dg.op(pool="gpu", description="Claim a batch of uncategorised noticias, categorise them, write the results.")
-def categorize_batch(
+def _batch_metadata(outcome) -> dict:
+    return {
+        "claimed": len(outcome.claimed),
+        "categorized": len(outcome.categorized),
+        "failed": len(outcome.failed),
+        "seconds": round(outcome.seconds, 2),
+        "items_per_second": round(outcome.items_per_second, 2),
+    }
+
+
+@dg.op(
+    pool="gpu",
+    description="Claim uncategorised noticias a batch at a time, categorise each batch and commit it, until the "
+    "backlog is empty or the time budget is spent. The model is loaded once for the whole run.",
+)
+def categorize_backlog(
     context: dg.OpExecutionContext,
-    config: CategorizeBatchConfig,
+    config: CategorizeBacklogConfig,
     noticias_db: NoticiasDatabase,
     categorizer: CategorizerResource,
 ) -> dg.Output[int]:
+    batches = []
+    started = time.monotonic()
     with peak_device_memory(categorizer.compute_device) as memory:
-        outcome = run_batch(
+        for outcome in drain(
             noticias_db.engine,
             claimant=context.run_id,
             size=config.batch_size or noticias_db.batch_size,
             categorize=categorizer.categorize,
             max_attempts=noticias_db.max_attempts,
             lease=noticias_db.lease,
+            time_budget_s=config.time_budget_s if config.time_budget_s is not None else noticias_db.run_time_budget_s,
+            max_batches=config.max_batches,
             logger=context.log,
-        )
-    if not outcome.claimed:
+        ):
+            batch = _batch_metadata(outcome)
+            batches.append(batch)
+            context.log.info(
+                f"batch {len(batches)}: categorised {batch['categorized']} of {batch['claimed']} noticias in "
+                f"{batch['seconds']}s ({batch['items_per_second']} items/s); {batch['failed']} failed"
+            )
+            # Every batch shows on the noticias asset's page, as soon as it is committed.
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=NOTICIAS_ASSET,
+                    metadata={**batch, "results": dg.MetadataValue.md(_results_table(outcome))},
+                )
+            )
+    if not batches:
         context.log.info("no uncategorised noticias left to claim")
-    else:
-        context.log.info(
-            f"categorised {len(outcome.categorized)} of {len(outcome.claimed)} noticias "
-            f"in {outcome.seconds:.1f}s ({outcome.items_per_second:.1f} items/s); {len(outcome.failed)} failed"
-        )
+    totals = {key: sum(batch[key] for batch in batches) for key in ("claimed", "categorized", "failed")}
+    seconds = time.monotonic() - started
     metadata = {
-        "claimed": len(outcome.claimed),
-        "categorized": len(outcome.categorized),
-        "failed": len(outcome.failed),
-        "seconds": round(outcome.seconds, 2),
-        "items_per_second": round(outcome.items_per_second, 2),
-        "results": dg.MetadataValue.md(_results_table(outcome)),
+        "batches": len(batches),
+        **totals,
+        "seconds": round(seconds, 2),
+        "items_per_second": round(totals["claimed"] / seconds, 2) if seconds else 0.0,
+        "per_batch": dg.MetadataValue.md(pd.DataFrame(batches).to_markdown(index=False) if batches else "none"),
         **memory,
     }
-    if outcome.claimed:
-        # Shows every batch on the noticias asset's page.
-        context.log_event(dg.AssetObservation(asset_key=NOTICIAS_ASSET, metadata=metadata))
-    return dg.Output(len(outcome.categorized), metadata=metadata)
+    return dg.Output(totals["categorized"], metadata=metadata)
 
 
 @dg.job(
     executor_def=dg.in_process_executor,  # one process holds the model; no reload per step
-    description="Categorise the next batch of uncategorised noticias with the local LLM.",
+    description="Categorise the uncategorised noticias with the local LLM, batch after batch, within a time budget.",
     tags={"newsllm/kind": "categorization"},
 )
 def categorize_noticias_job():
-    categorize_batch()
+    categorize_backlog()
 
 
 class ReprocessConfig(dg.Config):
@@ -123,16 +155,21 @@ def reprocess_noticias_job():
     reset_noticias_selection()
 
 
-# Runs launched but not yet claiming: their batches are still counted in the backlog.
-_WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING]
+# Runs that will still claim work: waiting to start, or started and draining the backlog.
+_ACTIVE = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 
 @dg.sensor(
     job=categorize_noticias_job,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=int(setting("SENSOR_INTERVAL_S")),
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Launches one categorize_noticias_job run per noticias_db.batch_size uncategorised noticias "
-    "(at most noticias_db.max_runs_per_tick per tick).",
+    description="Launches categorize_noticias_job runs while noticias wait: each run drains the backlog, so at most "
+    "noticias_db.max_parallel_runs work at once, counting those still queued or started.",
 )
 def uncategorized_noticias_sensor(context: dg.SensorEvaluationContext, noticias_db: NoticiasDatabase):
     backlog = noticias_db.count_claimable()
@@ -143,21 +180,15 @@ def uncategorized_noticias_sensor(context: dg.SensorEvaluationContext, noticias_
             f"{status['failed_permanently']} failed {noticias_db.max_attempts} times, "
             f"{status['claimed']} in progress)"
         )
-    waiting = context.instance.get_runs_count(dg.RunsFilter(job_name=categorize_noticias_job.name, statuses=_WAITING))
-    batch_size = noticias_db.batch_size
-    wanted = min(math.ceil(backlog / batch_size) - waiting, noticias_db.max_runs_per_tick)
+    active = context.instance.get_runs_count(dg.RunsFilter(job_name=categorize_noticias_job.name, statuses=_ACTIVE))
+    wanted = min(math.ceil(backlog / noticias_db.batch_size), noticias_db.max_parallel_runs) - active
     if wanted <= 0:
-        return dg.SkipReason(f"{backlog} uncategorised noticias; {waiting} runs already waiting to claim them")
+        return dg.SkipReason(f"{backlog} uncategorised noticias; {active} runs already working on them")
     # Keys unique per tick: a run key deduplicates forever, and reset rows must be processed again.
     tick = time.time_ns()
-    context.log.info(f"{backlog} uncategorised noticias: launching {wanted} runs of {batch_size}")
+    context.log.info(f"{backlog} uncategorised noticias, {active} runs working: launching {wanted}")
     return [
-        dg.RunRequest(
-            run_key=f"{tick}-{index}",
-            run_config=dg.RunConfig(ops={"categorize_batch": {"config": {"batch_size": batch_size}}}),
-            tags={"newsllm/backlog": str(backlog)},
-        )
-        for index in range(wanted)
+        dg.RunRequest(run_key=f"{tick}-{index}", tags={"newsllm/backlog": str(backlog)}) for index in range(wanted)
     ]
 
 

@@ -35,7 +35,7 @@ MAX_LOADED_CATEGORIZERS = 1
 
 
 class NoticiasDatabase(dg.ConfigurableResource):
-    """Where the `noticias` table lives, and the rules for claiming its rows."""
+    """Where the `noticias` table lives, and the rules for claiming its rows and draining its backlog."""
 
     url: str = Field(description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pass@host/db")
     max_attempts: int = Field(
@@ -45,8 +45,15 @@ class NoticiasDatabase(dg.ConfigurableResource):
         default=30, description="A claim older than this (its run died) lets another run take the rows."
     )
     batch_size: int = Field(default=10, description="Noticias a categorisation run claims and commits together.")
-    max_runs_per_tick: int = Field(
-        default=4, description="Most categorisation runs the sensor launches per tick (one batch each)."
+    run_time_budget_s: float = Field(
+        default=300.0,
+        description="A categorisation run stops claiming batches after this many seconds (the sensor starts another "
+        "for what is left), so a long backlog does not hold one run forever.",
+    )
+    max_parallel_runs: int = Field(
+        default=1,
+        description="Most categorisation runs working at once (each drains the backlog; more help only where the "
+        "gpu pool allows more than one op).",
     )
 
     _engine: Engine | None = PrivateAttr(default=None)
@@ -80,7 +87,8 @@ def noticias_database_from_settings() -> NoticiasDatabase:
         url=site_setting("DATABASE_URL"),
         max_attempts=site_int("MAX_ATTEMPTS"),
         batch_size=site_int("BATCH_SIZE"),
-        max_runs_per_tick=site_int("MAX_RUNS_PER_TICK"),
+        run_time_budget_s=site_int("RUN_TIME_BUDGET_S"),
+        max_parallel_runs=site_int("MAX_PARALLEL_RUNS"),
     )
 
 
@@ -187,11 +195,39 @@ def calibration_texts(calibration: bool, calibration_file: str | None) -> tuple[
 
 
 class CategorizerResource(dg.ConfigurableResource):
-    """What every categoriser backend shares: the model folder, the categories and how items are scored.
-    Assets and jobs take this type; `categorizer_from_settings()` binds the backend's class."""
+    """What jobs and assets ask of a categoriser, whatever runs it. Assets and jobs take this type;
+    `categorizer_from_settings()` binds the backend's class."""
+
+    categories: list[str] = Field(default=list(DEFAULT_CATEGORIES))
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.load()
+
+    @property
+    def compute_device(self) -> str:
+        """The device whose memory the model uses in this process (for peak-memory metadata)."""
+        raise NotImplementedError
+
+    def load(self):
+        """The backend, ready to categorise."""
+        raise NotImplementedError
+
+    def categorize(self, texts: Sequence[str]) -> list[Prediction | CategorizationError]:
+        return self.load().categorize(texts)
+
+    def trained_adapter(self) -> str | None:
+        """The categoriser adapter this resource uses, if any."""
+        return None
+
+    def with_adapter(self, adapter_dir: str | None) -> CategorizerResource:
+        """The same categoriser with exactly this adapter (None: the base model alone)."""
+        raise dg.Failure(f"the {type(self).__name__} takes no LoRA adapter: use the transformers backend")
+
+
+class LocalCategorizerResource(CategorizerResource):
+    """A categoriser whose model this process loads: the model folder and how items are scored."""
 
     model_dir: str = Field(description="A Hugging Face model folder (or a hub id where there is internet)")
-    categories: list[str] = Field(default=list(DEFAULT_CATEGORIES))
     max_item_tokens: int = Field(default=64, description="Item text (titulo, then resumen) is cut to this many tokens")
     batch_size: int = Field(default=16, description="Items per forward pass")
     calibration: bool = Field(
@@ -205,31 +241,12 @@ class CategorizerResource(dg.ConfigurableResource):
         "set, balanced over the 15 default categories",
     )
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self.load()
-
     def spec(self) -> TransformersSpec | ExLlamaV2Spec:
         raise NotImplementedError
 
-    @property
-    def compute_device(self) -> str:
-        """The device whose memory the model uses (for peak-memory metadata)."""
-        raise NotImplementedError
-
     def load(self):
-        """The backend, loaded on first use and shared by every resource of the same settings in this process."""
+        """Loaded on first use and shared by every resource of the same settings in this process."""
         return loaded_categorizer(self.spec())
-
-    def categorize(self, texts: Sequence[str]) -> list[Prediction | CategorizationError]:
-        return self.load().categorize(texts)
-
-    def trained_adapter(self) -> str | None:
-        """The categoriser adapter this resource uses, if any."""
-        return None
-
-    def with_adapter(self, adapter_dir: str | None) -> CategorizerResource:
-        """The same categoriser with exactly this adapter (None: the base model alone)."""
-        raise dg.Failure(f"the {type(self).__name__} takes no LoRA adapter: use the transformers backend")
 
     def _prompt(self, adapter_prompt: PromptSettings | None = None) -> PromptOptions:
         """The categories and item settings; an adapter trained by `categorizer_adapter` brings the prompt it was
@@ -251,7 +268,7 @@ class CategorizerResource(dg.ConfigurableResource):
         return PromptOptions(**options, few_shot=adapter_prompt.few_shot, system_prompt=adapter_prompt.system_prompt)
 
 
-class TransformersCategorizerResource(CategorizerResource):
+class TransformersCategorizerResource(LocalCategorizerResource):
     """Any HF causal-LM folder on CPU or CUDA, optionally with a LoRA adapter."""
 
     adapter_dir: str | None = Field(default=None, description="A PEFT LoRA adapter folder")
@@ -313,7 +330,7 @@ class TransformersCategorizerResource(CategorizerResource):
         return self.model_copy(update={"adapter_dir": adapter_dir, "use_current_adapter": False})
 
 
-class ExLlamaV2CategorizerResource(CategorizerResource):
+class ExLlamaV2CategorizerResource(LocalCategorizerResource):
     """EXL2, GPTQ or FP16 folders on CUDA GPUs (the `gpu` extra); scores categories, takes no adapter."""
 
     gpu_split: list[float] | None = Field(default=None, description="GB per GPU; None = autosplit")

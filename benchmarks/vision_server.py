@@ -37,8 +37,9 @@ from PIL import Image, ImageDraw, ImageFont
 from tabulate import tabulate
 
 from newsllm_pipeline.documents.descriptions import DEFAULT_PROMPT, OcrDescriber
+from newsllm_pipeline.serving.server import running_in_thread
 from newsllm_pipeline.vision.app import create_app
-from newsllm_pipeline.vision.server import default_concurrency, running_in_thread
+from newsllm_pipeline.vision.server import default_concurrency
 from newsllm_pipeline.vision.service import ServerSettings
 
 SCRIPT = Path(__file__).resolve()

@@ -406,8 +406,8 @@ class _SizeDescriber:
 
 @pytest.mark.parametrize("body", ["[" * 100_000 + "]" * 100_000, '{"a": ' * 50_000 + "1" + "}" * 50_000, "[]", '"x"'])
 def test_deep_or_non_object_json_bodies_get_a_400_in_each_apis_error_shape(body):
+    from newsllm_pipeline.serving.server import running_in_thread
     from newsllm_pipeline.vision.app import create_app
-    from newsllm_pipeline.vision.server import running_in_thread
 
     with running_in_thread(create_app(_SizeDescriber(), None)) as url:
         original = requests.post(f"{url}/analyze_base64", data=body, timeout=30)

@@ -26,9 +26,10 @@ from PIL import Image, ImageDraw, ImageFont
 
 from newsllm_pipeline.cli import main
 from newsllm_pipeline.documents.descriptions import DescriptionError, OcrDescriber
+from newsllm_pipeline.serving.server import running_in_thread
 from newsllm_pipeline.vision.app import create_app
 from newsllm_pipeline.vision.client import docling_picture_description
-from newsllm_pipeline.vision.server import load_describer, running_in_thread
+from newsllm_pipeline.vision.server import load_describer
 from newsllm_pipeline.vision.service import ServerSettings
 from newsllm_pipeline.vision.uploads import MB
 from tests.conftest import FONT, banner

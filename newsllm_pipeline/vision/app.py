@@ -20,27 +20,22 @@ object or is nested too deeply) is a 4xx with the reason; only a describer failu
 
 from __future__ import annotations
 
-import logging
-
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Route
 
 from ..documents.descriptions import PictureDescriber
+from ..serving.app import gated_app
+from ..serving.gate import MB, GateRules
 from .errors import error_response
-from .middleware import RequestGate
 from .service import ServerSettings, VisionService
 
-log = logging.getLogger(__name__)
+TOKEN_VARIABLE = "NEWSLLM_VISION_TOKEN"
+OPEN_PATHS = frozenset({"/", "/health"})
+DESCRIBE_PATHS = frozenset({"/analyze", "/analyze_base64", "/v1/chat/completions"})
 
 
 def create_app(describer: PictureDescriber, token: str | None, settings: ServerSettings | None = None) -> Starlette:
     """The ASGI app around `describer` (already loaded). `token` None serves without authentication."""
-    if token is not None and not token.strip():
-        raise ValueError("the token is empty: set a real token, or pass None to serve without authentication")
     settings = settings or ServerSettings(model=describer.name)
     service = VisionService(describer, settings)
     routes = [
@@ -52,33 +47,16 @@ def create_app(describer: PictureDescriber, token: str | None, settings: ServerS
         Route("/v1/chat/completions", service.chat_completions, methods=["POST"]),
         Route("/v1/models", service.models, methods=["GET"]),
     ]
-    gate = Middleware(
-        RequestGate,
-        counts=service.counts,
-        token=token,
-        body_limit=settings.max_body_bytes,
-        upload_limit=settings.max_upload_bytes,
+    limit = settings.max_body_bytes
+    rules = GateRules(
+        token_variable=TOKEN_VARIABLE,
+        counted_paths=DESCRIBE_PATHS,
+        open_paths=OPEN_PATHS,
+        body_limit=limit,
+        too_large=f"the request is larger than {limit / MB:.1f} MB (images up to {settings.max_upload_bytes / MB:.3g} "
+        "MB)",
+        error_response=error_response,
     )
-    app = Starlette(
-        routes=routes,
-        middleware=[gate],
-        exception_handlers={HTTPException: _http_error, Exception: _unexpected_error},
-        lifespan=service.lifespan,
-    )
+    app = gated_app(routes, service.counts, token, rules, service.lifespan)
     app.state.service = service
     return app
-
-
-async def _http_error(request: Request, error: HTTPException) -> Response:
-    return error_response(
-        request.url.path,
-        error.status_code,
-        str(error.detail),
-        "not_found" if error.status_code == 404 else "invalid_request",
-    )
-
-
-async def _unexpected_error(request: Request, error: Exception) -> Response:
-    """A bug, not the client's fault: a 500 in the API's error shape, the traceback in the log only."""
-    log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=error)
-    return error_response(request.url.path, 500, "internal server error; see the server log", "internal_error")

@@ -7,7 +7,7 @@ import base64
 import binascii
 import json
 
-from .errors import ServiceError
+from ..serving.errors import ServiceError
 
 
 def json_object(body: bytes) -> dict:

@@ -1,17 +1,15 @@
-"""The describer service: one describer, called from a thread pool behind a semaphore of `max_concurrency`
-slots so the event loop keeps answering while it works, and the endpoints that read a request, describe its
+"""The describer service: one describer, called behind `max_concurrency` call slots (`serving.slots`) so the
+event loop keeps answering while it works, and the endpoints that read a request, describe its
 image and answer in the original API's or OpenAI's shape."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import logging
 import math
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 
@@ -21,10 +19,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ..documents.descriptions import DEFAULT_PROMPT, DescriptionError, PictureDescriber
-from .errors import ServiceError, error_response
-from .middleware import RequestCounts
+from ..serving.errors import ServiceError, busy_headers
+from ..serving.gate import MB, RequestCounts
+from ..serving.slots import CallSlots
+from .errors import error_response
 from .request_bodies import chat_request, decode_image_field, json_object, question
-from .uploads import ACCEPTED_FORMATS, MB, ReceivedImage, Upload, check_upload, decode_upload
+from .uploads import ACCEPTED_FORMATS, ReceivedImage, Upload, check_upload, decode_upload
 
 log = logging.getLogger(__name__)
 
@@ -70,24 +70,19 @@ class VisionService:
         self.started_at = dt.datetime.now(dt.UTC)
         self._started = time.monotonic()
         self._page = resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
-        self._slots: asyncio.Semaphore | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self.slots = CallSlots(settings.max_concurrency, settings.max_waiting, self.counts, "describer")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
-        self._slots = asyncio.Semaphore(self.settings.max_concurrency)
-        self._executor = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="describer")
-        log.info(
-            "describing with %s (%s backend on %s), %d at a time",
-            self.settings.model,
-            self.settings.backend,
-            self.settings.device,
-            self.settings.max_concurrency,
-        )
-        try:
+        async with self.slots.open():
+            log.info(
+                "describing with %s (%s backend on %s), %d at a time",
+                self.settings.model,
+                self.settings.backend,
+                self.settings.device,
+                self.settings.max_concurrency,
+            )
             yield
-        finally:
-            self._executor.shutdown(wait=True, cancel_futures=True)
 
     async def describe(self, read_request, request: Request) -> Description:
         """Read the question and check the image with `read_request` (in a thread), then, in a free slot,
@@ -96,30 +91,22 @@ class VisionService:
         started = time.perf_counter()
         prompt, upload = await read_request(request)
         checked = time.perf_counter()
-        if self.counts.waiting >= self.settings.max_waiting:
-            raise ServiceError(f"the server is busy ({self.counts.waiting} requests waiting): retry later", 503, "busy")
-        with self.counts.waiting_for_slot():
-            await self._slots.acquire()
-        queued = time.perf_counter()
-        try:
-            with self.counts.describing():
-                loop = asyncio.get_running_loop()
-                image = await loop.run_in_executor(self._executor, decode_upload, upload, self.settings.max_side)
+        async with self.slots.held():
+            queued = time.perf_counter()
+            try:
+                image = await self.slots.call(decode_upload, upload, self.settings.max_side)
                 decoded = time.perf_counter()
-                text = await loop.run_in_executor(
-                    self._executor, self.describer.describe_picture, image.picture, prompt
-                )
-        except ServiceError:
-            raise
-        except DescriptionError as error:
-            raise ServiceError(f"the model could not describe the image: {error}", 500, "describer_error") from error
-        except Exception as error:
-            log.exception("the describer failed on a %s image", upload.format)
-            raise ServiceError(
-                f"the describer failed ({type(error).__name__}); see the server log", 500, "describer_error"
-            ) from error
-        finally:
-            self._slots.release()
+                text = await self.slots.call(self.describer.describe_picture, image.picture, prompt)
+            except ServiceError:
+                raise
+            except DescriptionError as error:
+                message = f"the model could not describe the image: {error}"
+                raise ServiceError(message, 500, "describer_error") from error
+            except Exception as error:
+                log.exception("the describer failed on a %s image", upload.format)
+                raise ServiceError(
+                    f"the describer failed ({type(error).__name__}); see the server log", 500, "describer_error"
+                ) from error
         finished = time.perf_counter()
         decode_s = (checked - started) + (decoded - queued)
         return Description(text, prompt, image, decode_s, queued - checked, finished - decoded, finished - started)
@@ -253,8 +240,7 @@ class VisionService:
 
 
 def _failure(request: Request, error: ServiceError) -> JSONResponse:
-    headers = {"Retry-After": "5"} if error.status == 503 else None  # Docling's client honours it
-    return error_response(request.url.path, error.status, error.message, error.code, headers)
+    return error_response(request.url.path, error.status, error.message, error.code, busy_headers(error))
 
 
 def _estimated_tokens(text: str) -> int:

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from PIL import Image
 
 from ..documents.descriptions import rgb_on_white
-from .errors import ServiceError
+from ..serving.errors import ServiceError
+from ..serving.gate import MB
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "GIF")  # Pillow's names, judged from the bytes
 ACCEPTED_NAMES = "JPG, PNG, BMP, TIFF or GIF"
-MB = 1024 * 1024
 
 
 @dataclass(frozen=True)

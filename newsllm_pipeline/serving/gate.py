@@ -1,7 +1,7 @@
 """Around every HTTP request: the bearer token, the body size, the request counts and one log line.
 
-`RequestCounts` is the one place requests are counted: the gate counts them in and out, the service counts
-those waiting for and holding a describer slot, and `/status` reports them."""
+`RequestCounts` is the one place a service's requests are counted: the gate counts them in and out, the call
+slots count those waiting for and holding a slot, and `/status` reports them."""
 
 from __future__ import annotations
 
@@ -9,32 +9,34 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers
+from starlette.responses import Response
 
-from .errors import error_response
-from .uploads import MB
+from .errors import plain_error_response
 
 log = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/", "/health"})
-DESCRIBE_PATHS = frozenset({"/analyze", "/analyze_base64", "/v1/chat/completions"})
+MB = 1024 * 1024
+
+# (path, status, message, code, headers) -> the service's error body
+ErrorResponse = Callable[[str, int, str, str, dict | None], Response]
 
 
 @dataclass
 class RequestCounts:
-    """Description requests that passed authentication, refused tokens, and the describer slots' use. Touched
-    only on the event loop's thread."""
+    """Model requests that passed authentication, refused tokens, and the model slots' use. Touched only on the
+    event loop's thread."""
 
     total: int = 0
     succeeded: int = 0
     failed: int = 0
     unauthorized: int = 0
     in_flight: int = 0
-    waiting: int = 0  # for a describer slot
-    running: int = 0  # describer calls now
+    waiting: int = 0  # for a model slot
+    running: int = 0  # model calls now
     peak_running: int = 0
     latency_s: float = 0.0  # summed over the succeeded ones
 
@@ -62,7 +64,7 @@ class RequestCounts:
             self.waiting -= 1
 
     @contextlib.contextmanager
-    def describing(self) -> Iterator[None]:
+    def running_call(self) -> Iterator[None]:
         self.running += 1
         self.peak_running = max(self.peak_running, self.running)
         try:
@@ -89,14 +91,25 @@ class _BodyTooLarge(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class GateRules:
+    """What a service's gate lets through and counts, and how it says no."""
+
+    token_variable: str  # named in the 401 message: where the server's token comes from
+    counted_paths: frozenset[str]  # POST requests to these are model requests (counted)
+    open_paths: frozenset[str] = frozenset({"/health"})  # no token needed
+    body_limit: int = MB
+    too_large: str | None = None  # the 413 message; default: the body limit in MB
+    error_response: ErrorResponse = plain_error_response
+
+
 class RequestGate:
     """ASGI middleware: the bearer token (all paths but the open ones), the body size (at most `body_limit`
-    bytes, for images up to `upload_limit`), the counts of description requests, and one log line with method,
-    path, status and milliseconds (never headers)."""
+    bytes), the counts of model requests, and one log line with method, path, status and milliseconds (never
+    headers)."""
 
-    def __init__(self, app, counts: RequestCounts, token: str | None, body_limit: int, upload_limit: int):
-        self.app, self.counts = app, counts
-        self.body_limit, self.upload_limit = body_limit, upload_limit
+    def __init__(self, app, counts: RequestCounts, token: str | None, rules: GateRules):
+        self.app, self.counts, self.rules = app, counts, rules
         self._token = token.encode("utf-8") if token is not None else None
 
     async def __call__(self, scope, receive, send):
@@ -112,7 +125,7 @@ class RequestGate:
                 status = message["status"]
             await send(message)
 
-        counted = scope["method"] == "POST" and path in DESCRIBE_PATHS
+        counted = scope["method"] == "POST" and path in self.rules.counted_paths
         try:
             await self._guarded(scope, receive, send_and_note, counted)
         finally:
@@ -124,22 +137,18 @@ class RequestGate:
                 self.counts.answered(status, seconds)
 
     async def _guarded(self, scope, receive, send, counted: bool):
-        headers, path = Headers(scope=scope), scope["path"]
-        if self._token is not None and path not in OPEN_PATHS:
+        headers, path, rules = Headers(scope=scope), scope["path"], self.rules
+        if self._token is not None and path not in rules.open_paths:
             problem = self._token_problem(headers.get("authorization"))
             if problem:
-                response = error_response(path, 401, problem, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
+                response = rules.error_response(path, 401, problem, "invalid_api_key", {"WWW-Authenticate": "Bearer"})
                 await response(scope, receive, send)
                 return
         if counted:
             self.counts.admitted()
-        limit = self.body_limit
-        too_large = error_response(
-            path,
-            413,
-            f"the request is larger than {limit / MB:.1f} MB (images up to {self.upload_limit / MB:.3g} MB)",
-            "request_too_large",
-        )
+        limit = rules.body_limit
+        message = rules.too_large or f"the request is larger than {limit / MB:.1f} MB"
+        too_large = rules.error_response(path, 413, message, "request_too_large", None)
         declared = headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             await too_large(scope, receive, send)
@@ -168,7 +177,10 @@ class RequestGate:
 
     def _token_problem(self, authorization: str | None) -> str | None:
         if not authorization:
-            return "missing token: send the header `Authorization: Bearer <token>` (the server's NEWSLLM_VISION_TOKEN)"
+            return (
+                "missing token: send the header `Authorization: Bearer <token>` "
+                f"(the server's {self.rules.token_variable})"
+            )
         scheme, _, given = authorization.partition(" ")
         if scheme.lower() != "bearer" or not given.strip():
             return "malformed Authorization header: send `Authorization: Bearer <token>`"

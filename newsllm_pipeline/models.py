@@ -18,6 +18,7 @@ import fcntl
 import importlib.util
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -311,3 +312,11 @@ def same_model(recorded: str, model_dir: str | Path) -> bool:
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return " ".join(lines[:2])[:400] or type(error).__name__
+
+
+def folder_fingerprint(model: str | None) -> str:
+    """What identifies a model folder's weights (names, sizes, times), or the hub id / None as given."""
+    if not model or not os.path.isdir(model):
+        return str(model)
+    entries = sorted(os.scandir(model), key=lambda entry: entry.name)
+    return "|".join(f"{e.name}:{e.stat().st_size}:{e.stat().st_mtime_ns}" for e in entries if e.is_file())

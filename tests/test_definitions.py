@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -85,3 +87,13 @@ def test_every_domain_contributes_its_checks():
     checks = describe(defs)["checks"]
     assert "noticias_category_stats:no_permanently_failed_noticias" in checks
     assert {check.split(":")[0] for check in checks} >= {"noticias", "training_dataset", "categorizer_evaluation"}
+
+
+def test_loading_the_code_location_imports_no_model_stack():
+    """The daemon, the webserver and every run load the code location: heavy imports happen where the work is."""
+    probe = (
+        "import sys, newsllm_pipeline.definitions; "
+        "print(sorted(m for m in ('torch', 'transformers', 'docling', 'peft', 'trl', 'rapidocr') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

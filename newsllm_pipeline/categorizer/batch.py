@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import db
-from .labels import CategorizationError, Prediction
+from .answers import CategorizationError, Prediction
 from .prompt import item_text
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .labels import LabelScoringCategorizer, folder_fingerprint
+from ..models import folder_fingerprint
+from .labels import LabelScoringCategorizer
 from .prompt import DEFAULT_CATEGORIES
 
 

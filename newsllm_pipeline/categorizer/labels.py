@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,21 +17,8 @@ import torch
 
 from ..files import sha256_hex, write_text_atomically
 from ..settings import PROJECT_HOME
+from .answers import CategorizationError, Prediction
 from .prompt import FEW_SHOT_EXAMPLES, SYSTEM_PROMPT, build_prompt
-
-
-@dataclass(frozen=True)
-class Prediction:
-    categoria: str
-    # Probability among the categories; None where the method gives none (a free-form answer without one).
-    confianza: float | None
-    # Probability of every category, for review tools and calibration.
-    probabilities: dict[str, float]
-
-
-class CategorizationError(Exception):
-    """An item the model could not categorise (an empty text, an answer that is not a category)."""
-
 
 EMPTY_ITEM = "the item has neither titulo nor resumen"
 
@@ -194,11 +180,3 @@ def cached_prior(key: str, compute) -> list[float]:
     prior = compute()
     write_text_atomically(path, json.dumps(prior))
     return prior
-
-
-def folder_fingerprint(model: str | None) -> str:
-    """What identifies a model folder's weights (names, sizes, times), or the hub id / None as given."""
-    if not model or not os.path.isdir(model):
-        return str(model)
-    entries = sorted(os.scandir(model), key=lambda entry: entry.name)
-    return "|".join(f"{e.name}:{e.stat().st_size}:{e.stat().st_mtime_ns}" for e in entries if e.is_file())

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 from transformers import DynamicCache
 
-from ..models import load_model
-from .labels import EMPTY_ITEM, CategorizationError, LabelScoringCategorizer, Prediction, folder_fingerprint
+from ..models import folder_fingerprint, load_model
+from .labels import EMPTY_ITEM, CategorizationError, LabelScoringCategorizer, Prediction
 from .prompt import DEFAULT_CATEGORIES, SYSTEM_PROMPT, parse_category
 
 GENERATE_PROMPT = (

@@ -14,11 +14,14 @@ import unicodedata
 from pathlib import Path
 
 from ..files import write_text_atomically
-from .conversion import DOCLING_JSON_NAME, IMAGES_DIR, MARKDOWN_NAME
 from .dataset import FIGURE_MARKER
 from .descriptions import DescriptionRun, FigureContext, ImageDescriber, describe_images
 from .markdown import IMAGE_LINK
 
+# The folder's entries (Docling's conversion writes the first three).
+MARKDOWN_NAME = "texto.md"
+IMAGES_DIR = "imagenes_extraidas"
+DOCLING_JSON_NAME = "documento.json"
 DESCRIPTIONS_DIR = "image_descriptions"
 FINAL_MARKDOWN_NAME = "texto_final.md"
 SUPPORTED_SUFFIXES = {".pdf", ".docx", ".html", ".htm", ".md"}

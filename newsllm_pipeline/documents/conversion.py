@@ -29,13 +29,11 @@ from docling.models.factories.table_factory import TableStructureFactory
 from docling_core.types.doc import ImageRefMode
 
 from ..files import staged_folder
+from .chain import DOCLING_JSON_NAME, IMAGES_DIR, MARKDOWN_NAME
 from .layout import FontLayoutModel, FontLayoutOptions, move_running_furniture
 from .limits import DocumentLimitExceeded, DocumentLimits, check_conversion_time, check_document_input
 from .tables import TextLayerTableModel, TextLayerTableOptions
 
-MARKDOWN_NAME = "texto.md"
-IMAGES_DIR = "imagenes_extraidas"
-DOCLING_JSON_NAME = "documento.json"
 FORMATS = [InputFormat.PDF, InputFormat.DOCX, InputFormat.HTML, InputFormat.MD]
 
 

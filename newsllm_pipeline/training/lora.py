@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..categorizer.labels import folder_fingerprint
+from ..models import folder_fingerprint
 from ..files import staged_folder
 from .record import TrainingRecord
 

@@ -40,7 +40,7 @@ from tabulate import tabulate
 from newsllm_pipeline import settings
 from newsllm_pipeline.assets.training import CategorizerTrainingConfig
 from newsllm_pipeline.categorizer import DEFAULT_CATEGORIES, Prediction, item_text
-from newsllm_pipeline.categorizer.adapter import PROMPT_SETTINGS, PromptSettings, training_records, with_headline_only
+from newsllm_pipeline.categorizer.adapter import PROMPT_SETTINGS, PromptSettings, adapter_records
 from newsllm_pipeline.categorizer.metrics import quality_report, review_threshold
 from newsllm_pipeline.categorizer.training_set import REAL_EVAL_SHARE, split_real_items
 from newsllm_pipeline.demo import gold_labels
@@ -87,20 +87,27 @@ def train_adapter(model_dir: str, train: list[dict], item_set: str) -> Path:
     """The categoriser adapter for this model, trained as the `categorizer_adapter` asset trains it."""
     from transformers import AutoTokenizer
 
-    prompt = PromptSettings(categories=DEFAULT_CATEGORIES)
-    texts, labels = with_headline_only([FIELDS["headline+lede"](row) for row in train], [r["categoria"] for r in train])
-    records = training_records(AutoTokenizer.from_pretrained(model_dir), texts, labels, prompt)
+    prompt, config = PromptSettings(categories=DEFAULT_CATEGORIES), CategorizerTrainingConfig()
+    records = adapter_records(
+        AutoTokenizer.from_pretrained(model_dir),
+        [FIELDS["headline+lede"](row) for row in train],
+        [row["categoria"] for row in train],
+        prompt,
+        hold_out=config.early_stopping,
+        seed=config.settings().seed,
+    )
     name = packaged_model_for(Path(model_dir)).name
     run = train_lora(
         model_dir,
-        records,
+        records.training,
         ADAPTERS_DIR / item_set / name,
-        CategorizerTrainingConfig().settings(),
+        config.settings(),
         extra_files={PROMPT_SETTINGS: prompt.to_json()},
+        early_stopping=config.stopping(records.validation),
     )
     print(
         f"{name}: adapter {run.version} ({'reused' if run.reused else 'trained'}, "
-        f"{run.record.train_runtime_s:.0f} s, {len(records)} examples)"
+        f"{run.record.train_runtime_s:.0f} s, {len(records.training)} examples, best step {run.record.best_step})"
     )
     return run.adapter_dir
 

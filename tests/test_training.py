@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from newsllm_pipeline.assets import training as training_assets
+from newsllm_pipeline.categorizer.adapter import validation_split
 from newsllm_pipeline.documents.dataset import Example, build_dataset, write_dataset
 from newsllm_pipeline.files import read_jsonl
 from newsllm_pipeline.jobs.training import lora_retraining_schedule
@@ -212,6 +213,36 @@ def test_a_training_record_written_by_older_code_reads_with_defaults(tmp_path):
     assert TrainingRecord.read(again) == record
 
 
+def test_early_stopping_keeps_the_best_checkpoint_and_versions_its_validation_set(model_dir, dataset_dir, tmp_path):
+    """With a learning rate of 0 the validation loss never improves: patience 1 stops at the second measurement,
+    well before the step budget, and the adapter is the first (best) checkpoint."""
+    from newsllm_pipeline.training.lora import EarlyStopping, adapter_version
+
+    records = alpaca_records(read_jsonl(dataset_dir / "train.jsonl"))
+    settings = PROFILES["cpu"].with_overrides(**{**TINY, "max_steps": 6, "learning_rate": 0.0})
+    stopping = EarlyStopping(records[:2], patience=1, eval_every_steps=1)
+    run = train_lora(model_dir, records[2:], tmp_path / "adapters", settings, device="cpu", early_stopping=stopping)
+    record = run.record
+    assert record.stopped_early is True and record.global_step == 2 < 6
+    assert record.best_step == 1 and record.validation_examples == 2 and record.best_eval_loss > 0
+    assert [entry["step"] for entry in run.log_history if "eval_loss" in entry] == [1, 2]
+
+    version = adapter_version(records[2:], model_dir, settings, record.precision, stopping)
+    assert run.version == version != adapter_version(records[2:], model_dir, settings, record.precision)
+    other_split = EarlyStopping(records[1:3], patience=1, eval_every_steps=1)
+    assert adapter_version(records[2:], model_dir, settings, record.precision, other_split) != version
+
+
+def test_validation_items_are_a_seeded_stratified_tenth_and_none_from_a_small_set():
+    labels = ["Deportes"] * 300 + ["Economía"] * 150 + ["Cultura"] * 50
+    held = validation_split(labels, seed=13)
+    assert len(held) == 50 and held == validation_split(labels, seed=13) != validation_split(labels, seed=14)
+    counts = {label: sum(labels[index] == label for index in held) for label in set(labels)}
+    assert counts == {"Deportes": 30, "Economía": 15, "Cultura": 5}
+    assert len(validation_split(labels[:200], seed=13)) == 32  # at least 32
+    assert validation_split(labels[:100], seed=13) == set()  # too few to spare 32
+
+
 def test_retraining_schedule_skips_an_unchanged_dataset(model_dir, dataset_dir, tmp_path):
     trainer = _trainer(model_dir, tmp_path)
     store = _store(dataset_dir)
@@ -261,7 +292,9 @@ def test_categorizer_adapter_trains_on_trusted_labels_and_changes_the_scores(mod
     run_config = {
         "ops": {
             "categorizer_training_set": {"config": {"real_items": str(real)}},
-            "categorizer_adapter": {"config": {"max_steps": 2, "batch_size": 2, "max_length": 256}},
+            "categorizer_adapter": {
+                "config": {"max_steps": 2, "batch_size": 2, "max_length": 256, "eval_every_steps": 1}
+            },
         }
     }
     result = dg.materialize(assets, resources=resources, run_config=run_config, raise_on_error=False)
@@ -269,6 +302,9 @@ def test_categorizer_adapter_trains_on_trusted_labels_and_changes_the_scores(mod
     labelled = result.asset_materializations_for_node("categorizer_training_set")[0].metadata
     assert labelled["train"].value > 150 and labelled["eval"].value > 30
     assert labelled["real_dev"].value > 0 and labelled["real_train"].value + labelled["real_dev"].value == 40
+    trained = result.asset_materializations_for_node("categorizer_adapter")[0].metadata
+    assert trained["validation_examples"].value == max(32, round(labelled["train"].value / 10))
+    assert trained["best_step"].value in (1, 2) and trained["best_validation_loss"].value > 0
     evaluation = result.asset_materializations_for_node("categorizer_evaluation")[0].metadata
     assert evaluation["held_out"].value == labelled["eval"].value
     assert evaluation["real_dev"].value == labelled["real_dev"].value

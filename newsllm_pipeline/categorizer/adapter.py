@@ -10,6 +10,7 @@ labels. `newsllm_categorizer.json` in the adapter folder tells the categoriser w
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ from .prompt import build_prompt
 
 PROMPT_SETTINGS = "newsllm_categorizer.json"
 ADAPTER_SYSTEM_PROMPT = "Clasifica la noticia."
+# Early stopping's validation items, held out of the training items (the real development split stays unseen).
+VALIDATION_SHARE = 0.1
+MIN_VALIDATION_ITEMS = 32
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,44 @@ def training_records(tokenizer, texts: Sequence[str], labels: Sequence[str], set
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][: settings.max_item_tokens]
         records.append({"prompt": prefix + tokenizer.decode(ids) + parts.suffix, "completion": label})
     return records
+
+
+def validation_split(
+    labels: Sequence[str], seed: int, share: float = VALIDATION_SHARE, minimum: int = MIN_VALIDATION_ITEMS
+) -> set[int]:
+    """Indices of a seeded hold-out of `share` of the items (at least `minimum`), stratified by category: the
+    items shuffled with the seed, grouped by category, and evenly spaced ones taken, so each category gives its
+    share. Empty when there are too few items to spare (fewer than four times `minimum`)."""
+    if len(labels) < 4 * minimum:
+        return set()
+    size = max(minimum, round(share * len(labels)))
+    order = list(range(len(labels)))
+    random.Random(seed).shuffle(order)
+    order.sort(key=lambda index: labels[index])  # stable: shuffled within each category
+    return {order[position * len(order) // size] for position in range(size)}
+
+
+@dataclass(frozen=True)
+class AdapterRecords:
+    training: list[dict]  # each training item as it is and as its headline alone
+    validation: list[dict]  # the held-out items as headlines alone, as the adapter is judged (issue 9)
+
+
+def adapter_records(
+    tokenizer, texts: Sequence[str], labels: Sequence[str], settings: PromptSettings, hold_out: bool, seed: int
+) -> AdapterRecords:
+    """The categoriser adapter's training records and, with `hold_out`, validation records for early stopping
+    from a stratified `validation_split` of the items (none when the items are too few)."""
+    held = validation_split(labels, seed) if hold_out else set()
+    kept = [index for index in range(len(texts)) if index not in held]
+    train_texts, train_labels = with_headline_only([texts[i] for i in kept], [labels[i] for i in kept])
+    held_out = sorted(held)
+    return AdapterRecords(
+        training=training_records(tokenizer, train_texts, train_labels, settings),
+        validation=training_records(
+            tokenizer, [texts[i].split("\n", 1)[0] for i in held_out], [labels[i] for i in held_out], settings
+        ),
+    )
 
 
 def _without_added_bos(tokenizer, prefix: str) -> str:

@@ -14,7 +14,6 @@ train), `trainer.trainer_for` (the trainer, in `trainer.py`), `fit` (train or re
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -23,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..files import sha256_hex, staged_folder
 from ..models import folder_fingerprint
-from ..files import staged_folder
 from .record import TrainingRecord
 
 if TYPE_CHECKING:
@@ -186,18 +185,34 @@ def learnable_records(records: Sequence[dict], tokenizer, max_length: int) -> Le
     return LearnableRecords(kept, tokens, completion_tokens, len(records) - len(kept))
 
 
-def adapter_version(records: Sequence[dict], model_dir: str, settings: LoraSettings, precision: str) -> str:
-    """A short hash of everything that determines the adapter."""
-    digest = hashlib.sha256()
-    for part in (
+@dataclass(frozen=True)
+class EarlyStopping:
+    """Measure the loss on held-out validation `records` every `eval_every_steps` and stop when it has not
+    improved for `patience` measurements; the adapter saved is the checkpoint with the lowest loss."""
+
+    records: Sequence[dict]
+    patience: int = 2
+    eval_every_steps: int = 20
+
+
+def adapter_version(
+    records: Sequence[dict],
+    model_dir: str,
+    settings: LoraSettings,
+    precision: str,
+    early_stopping: EarlyStopping | None = None,
+) -> str:
+    """A short hash of everything that determines the adapter. Without early stopping it is the hash adapters
+    had before early stopping existed, so they are reused; with it, the validation records and the patience count."""
+    parts = [
         json.dumps(list(records), ensure_ascii=False, sort_keys=True),
         folder_fingerprint(model_dir),
         json.dumps(dataclasses.asdict(settings), sort_keys=True),
         precision,
-    ):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:12]
+    ]
+    if early_stopping:
+        parts.append(json.dumps(dataclasses.asdict(early_stopping), ensure_ascii=False, sort_keys=True))
+    return sha256_hex(*parts, delimiter=b"\0")[:12]
 
 
 @dataclass
@@ -233,15 +248,15 @@ def training_tokenizer(model_dir: str):
 
 
 def learnable_or_fail(
-    records: Sequence[dict], tokenizer, max_length: int, log: Callable[[str], None]
+    records: Sequence[dict], tokenizer, max_length: int, log: Callable[[str], None], kind: str = "example"
 ) -> LearnableRecords:
     """`learnable_records`, saying how many were dropped, or an error when none is left."""
     learnable = learnable_records(records, tokenizer, max_length)
     if learnable.dropped:
-        log(f"{learnable.dropped} of {len(records)} examples dropped: the prompt alone fills max_length")
+        log(f"{learnable.dropped} of {len(records)} {kind}s dropped: the prompt alone fills max_length")
     if not learnable.records:
         raise ValueError(
-            f"no example has a completion token within max_length={max_length}: raise max_length or shorten the prompts"
+            f"no {kind} has a completion token within max_length={max_length}: raise max_length or shorten the prompts"
         )
     return learnable
 
@@ -283,6 +298,7 @@ def training_record(
     precision: Precision,
     settings: LoraSettings,
     learnable: LearnableRecords,
+    validation: LearnableRecords | None,
     dataset_version: str | None,
 ) -> TrainingRecord:
     from .trainer import parameter_dtypes
@@ -315,6 +331,10 @@ def training_record(
         final_loss=losses[-1] if losses else None,
         train_loss=fitted.output.training_loss,
         resumed_from=fitted.resumed_from,
+        validation_examples=len(validation.records) if validation else None,
+        best_step=state.best_global_step if validation else None,
+        best_eval_loss=state.best_metric if validation else None,
+        stopped_early=state.global_step < state.max_steps if validation else None,
     )
 
 
@@ -344,18 +364,20 @@ def train_lora(
     callbacks: Sequence = (),
     dataset_version: str | None = None,
     extra_files: dict[str, str] | None = None,
+    early_stopping: EarlyStopping | None = None,
 ) -> TrainingRun:
     """Train (or reuse, or resume) the adapter for these prompt/completion records.
 
     `dataset_version` is stored in newsllm_training.json next to the metrics; `extra_files` (name -> text) are
-    written into the adapter folder with the weights.
+    written into the adapter folder with the weights; with `early_stopping`, its validation records are measured
+    during training, which stops when their loss stops improving, and the best checkpoint becomes the adapter.
     """
     from ..models import resolve_device
     from .trainer import LogForwarder, trainer_for
 
     device = resolve_device(device)
     resolved = resolve_precision(precision, device)
-    version = adapter_version(records, model_dir, settings, resolved.name)
+    version = adapter_version(records, model_dir, settings, resolved.name, early_stopping)
     adapters_dir = Path(adapters_dir)
     adapter_dir = adapters_dir / version
     if reused := existing_run(adapter_dir):
@@ -364,6 +386,12 @@ def train_lora(
 
     tokenizer = training_tokenizer(model_dir)
     learnable = learnable_or_fail(records, tokenizer, settings.max_length, log)
+    validation = None
+    if early_stopping:
+        validation = learnable_or_fail(
+            early_stopping.records, tokenizer, settings.max_length, log, "validation example"
+        )
+        early_stopping = dataclasses.replace(early_stopping, records=validation.records)
     work_dir = adapters_dir / TRAINING_DIR / version
     trainer = trainer_for(
         model_dir,
@@ -374,14 +402,22 @@ def train_lora(
         device,
         resolved,
         [*callbacks, LogForwarder(log)],
+        early_stopping,
     )
     trainable, total = trainer.model.get_nb_trainable_parameters()
     describe = (
         f"training adapter {version}: {len(learnable.records)} examples, {learnable.tokens} tokens, "
         f"{trainable:,} trainable of {total:,} parameters, {device}, {resolved.name}"
+        + (
+            f", validation loss on {len(validation.records)} examples every {early_stopping.eval_every_steps} steps"
+            if validation
+            else ""
+        )
     )
     fitted = fit(trainer, work_dir, describe, log)
-    record = training_record(fitted, version, model_dir, device, resolved, settings, learnable, dataset_version)
+    record = training_record(
+        fitted, version, model_dir, device, resolved, settings, learnable, validation, dataset_version
+    )
     save_adapter(adapter_dir, trainer, tokenizer, record, extra_files)
     shutil.rmtree(work_dir, ignore_errors=True)
     return TrainingRun(adapter_dir, version, record)

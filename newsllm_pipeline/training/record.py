@@ -41,6 +41,11 @@ class TrainingRecord:
     final_loss: float | None = None
     train_loss: float | None = None
     resumed_from: str | None = None  # the checkpoint an interrupted run went on from
+    # Early stopping on held-out validation examples (None: trained without).
+    validation_examples: int | None = None
+    best_step: int | None = None  # the checkpoint kept: the lowest validation loss
+    best_eval_loss: float | None = None
+    stopped_early: bool | None = None  # the validation loss stopped improving before the step budget
 
     @property
     def trainable_share_pct(self) -> float | None:

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from datasets import Dataset, disable_progress_bars
 from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM, PrinterCallback, TrainerCallback
+from transformers import AutoModelForCausalLM, EarlyStoppingCallback, PrinterCallback, TrainerCallback
 from trl import SFTTrainer
 
-from .lora import LoraSettings, Precision
+from .lora import EarlyStopping, LoraSettings, Precision
 from .trainer_args import OneDeviceSFTConfig, cuda_index
 
 
@@ -80,20 +80,22 @@ class NewsllmSFTTrainer(SFTTrainer):
 
 
 class LogForwarder(TrainerCallback):
-    """Reports each logged step (loss, learning rate) through `log`."""
+    """Reports each logged step (loss, learning rate) and each validation loss through `log`."""
 
     def __init__(self, log: Callable[[str], None]):
         self.log = log
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        step = f"step {state.global_step}/{state.max_steps}"
         if logs and "loss" in logs:
-            step = f"step {state.global_step}/{state.max_steps}"
             self.log(f"{step}: loss {logs['loss']:.4f}, learning rate {logs['learning_rate']:.1e}")
+        if logs and "eval_loss" in logs:
+            self.log(f"{step}: validation loss {logs['eval_loss']:.4f}")
 
 
 @dataclass
 class TokenCounter:
-    """Tokens the backbone was given: `real` without padding, `processed` with it."""
+    """Tokens the backbone was given while training: `real` without padding, `processed` with it."""
 
     real: int = 0
     processed: int = 0
@@ -103,6 +105,8 @@ class TokenCounter:
         return self
 
     def _count(self, module, args, kwargs):
+        if not module.training:  # a validation pass
+            return
         input_ids, mask = kwargs["input_ids"], kwargs.get("attention_mask")
         self.processed += input_ids.numel()
         self.real += int(mask.sum()) if mask is not None else input_ids.numel()
@@ -144,7 +148,24 @@ def load_training_base(model_dir: str, device: str, precision: Precision, settin
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=precision.base_dtype, attn_implementation=attention)
 
 
-def sft_config(settings: LoraSettings, work_dir: Path, device: str, precision: Precision) -> OneDeviceSFTConfig:
+def sft_config(
+    settings: LoraSettings, work_dir: Path, device: str, precision: Precision, early_stopping: EarlyStopping | None
+) -> OneDeviceSFTConfig:
+    # With early stopping, the validation loss is measured every `eval_every_steps` and a checkpoint saved with
+    # it, so the best one can be loaded at the end (transformers keeps it beside the last two).
+    validation = (
+        {
+            "eval_strategy": "steps",
+            "eval_steps": early_stopping.eval_every_steps,
+            "per_device_eval_batch_size": settings.batch_size,
+            "prediction_loss_only": True,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
+        }
+        if early_stopping
+        else {}
+    )
     return OneDeviceSFTConfig(
         cuda_index=cuda_index(device),
         output_dir=str(work_dir),
@@ -163,7 +184,7 @@ def sft_config(settings: LoraSettings, work_dir: Path, device: str, precision: P
         **precision.trainer_flags(device),
         logging_steps=settings.logging_steps,
         save_strategy="steps",
-        save_steps=settings.save_steps,
+        save_steps=early_stopping.eval_every_steps if early_stopping else settings.save_steps,
         save_total_limit=2,
         seed=settings.seed,
         data_seed=settings.seed,
@@ -171,6 +192,7 @@ def sft_config(settings: LoraSettings, work_dir: Path, device: str, precision: P
         disable_tqdm=True,
         log_level="warning",
         dataloader_num_workers=0,
+        **validation,
     )
 
 
@@ -183,17 +205,23 @@ def build_trainer(
     device: str,
     precision: Precision,
     callbacks: Sequence,
+    early_stopping: EarlyStopping | None = None,
 ) -> NewsllmSFTTrainer:
     """The SFT trainer for `base` (a causal LM in the precision's base dtype) with a fresh LoRA adapter on
-    `device`: the one place that decides how a run trains, for `train_lora` and the benchmarks alike."""
+    `device`: the one place that decides how a run trains, for `train_lora` and the benchmarks alike. With
+    `early_stopping`, it evaluates on its records and stops when their loss stops improving."""
     disable_progress_bars()  # the dataset preparation's bars would clutter Dagster's logs; `log` reports progress
     base.generation_config.pad_token_id = tokenizer.pad_token_id
+    callbacks = list(callbacks)
+    if early_stopping:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping.patience))
     trainer = NewsllmSFTTrainer(
         model=lora_model(base, settings).to(device),
-        args=sft_config(settings, work_dir, device, precision),
+        args=sft_config(settings, work_dir, device, precision, early_stopping),
         train_dataset=Dataset.from_list(list(records)),
+        eval_dataset=Dataset.from_list(list(early_stopping.records)) if early_stopping else None,
         processing_class=tokenizer,
-        callbacks=list(callbacks),
+        callbacks=callbacks,
         length_buckets=settings.group_by_length and not settings.packing,
         completion_head_only=not device.startswith("cuda"),
     )
@@ -210,7 +238,8 @@ def trainer_for(
     device: str,
     precision: Precision,
     callbacks: Sequence,
+    early_stopping: EarlyStopping | None = None,
 ) -> NewsllmSFTTrainer:
     """`build_trainer` on the base model in `model_dir`."""
     base = load_training_base(model_dir, device, precision, settings)
-    return build_trainer(base, tokenizer, records, settings, work_dir, device, precision, callbacks)
+    return build_trainer(base, tokenizer, records, settings, work_dir, device, precision, callbacks, early_stopping)

@@ -1,6 +1,9 @@
-"""How a service says no: one exception for every refused request, and the plain JSON error body."""
+"""How a service says no: one exception for every refused request (a body that is not a JSON object among them),
+and the plain JSON error body."""
 
 from __future__ import annotations
+
+import json
 
 from starlette.responses import JSONResponse
 
@@ -21,3 +24,16 @@ def plain_error_response(path: str, status: int, message: str, code: str, header
 def busy_headers(error: ServiceError) -> dict | None:
     """`Retry-After` on a 503 (the queue was full), which clients such as Docling's honour."""
     return {"Retry-After": "5"} if error.status == 503 else None
+
+
+def json_object(body: bytes) -> dict:
+    """A request body that must be a JSON object; anything else is a 400 with the reason."""
+    try:
+        payload = json.loads(body)
+    except ValueError as error:
+        raise ServiceError(f"the body is not valid JSON ({error})") from error
+    except RecursionError as error:  # the parser recurses once per nesting level
+        raise ServiceError("the body is not valid JSON here: it is nested too deeply") from error
+    if not isinstance(payload, dict):
+        raise ServiceError("the body must be a JSON object")
+    return payload

@@ -1,25 +1,13 @@
-"""What clients send, parsed: JSON bodies, image fields (a data URL or plain base64), the question, and OpenAI
-chat completion bodies. Plain functions on bytes and dicts; a malformed body is a ServiceError with the reason."""
+"""What clients send, parsed: image fields (a data URL or plain base64), the question, and OpenAI chat completion
+bodies (a body itself is read by `serving.errors.json_object`). Plain functions on bytes and dicts; a malformed
+body is a ServiceError with the reason."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 
 from ..serving.errors import ServiceError
-
-
-def json_object(body: bytes) -> dict:
-    try:
-        payload = json.loads(body)
-    except ValueError as error:
-        raise ServiceError(f"the body is not valid JSON ({error})") from error
-    except RecursionError as error:  # the parser recurses once per nesting level
-        raise ServiceError("the body is not valid JSON here: it is nested too deeply") from error
-    if not isinstance(payload, dict):
-        raise ServiceError("the body must be a JSON object")
-    return payload
 
 
 def question(text: object, default: str) -> str:

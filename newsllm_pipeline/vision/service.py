@@ -19,11 +19,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from ..documents.descriptions import DEFAULT_PROMPT, DescriptionError, PictureDescriber
-from ..serving.errors import ServiceError, busy_headers
+from ..serving.errors import ServiceError, busy_headers, json_object
 from ..serving.gate import MB, RequestCounts
 from ..serving.slots import CallSlots
 from .errors import error_response
-from .request_bodies import chat_request, decode_image_field, json_object, question
+from .request_bodies import chat_request, decode_image_field, question
 from .uploads import ACCEPTED_FORMATS, ReceivedImage, Upload, check_upload, decode_upload
 
 log = logging.getLogger(__name__)

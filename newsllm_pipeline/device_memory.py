@@ -13,7 +13,11 @@ def peak_device_memory(device: str) -> Iterator[dict]:
     """Yields a dict that holds, after the block, `peak_device_memory_gib`: the most memory torch had allocated on
     the CUDA device (`torch.cuda.max_memory_allocated`, its peak reset on entry, so what was already allocated,
     such as a model loaded by a resource, counts from its current size). Empty off CUDA, where torch keeps no
-    such count. "auto" and "cuda" mean the current CUDA device."""
+    such count. "auto" and "cuda" mean the current CUDA device; "cpu" imports no torch (a remote categoriser's
+    runs have none to load)."""
+    if device == "cpu":
+        yield {}
+        return
     import torch
 
     from .models import resolve_device

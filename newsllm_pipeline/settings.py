@@ -85,7 +85,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("RUN_TIME_BUDGET_S", "300", "A categorisation run stops claiming batches after this many seconds"),
         Setting("MAX_PARALLEL_RUNS", "1", "Most categorisation runs working at once"),
         Setting("SENSOR_INTERVAL_S", "15", "Seconds between the categorisation sensor's ticks (read at load)"),
-        Setting("BACKEND", "transformers", "Categoriser backend: 'transformers' (CPU or CUDA) or 'exllamav2' (CUDA)"),
+        Setting(
+            "BACKEND",
+            "transformers",
+            "Categoriser backend: 'transformers' (CPU or CUDA), 'exllamav2' (CUDA) or 'remote' (a categoriser server)",
+        ),
         Setting("MODEL_DIR", lambda: str(DEFAULT_MODEL_DIR), "Base model for generation and document adapters"),
         Setting(
             "CATEGORIZER_MODEL_DIR",
@@ -96,6 +100,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("ADAPTER_DIR", "", "A categoriser LoRA adapter to use instead of the current one"),
         Setting("USE_CURRENT_ADAPTER", "1", "Use the categoriser adapter trained last (0 switches it off)"),
         Setting("DEVICE", "auto", "Categoriser device: 'auto', 'cpu', 'cuda', 'cuda:1'…"),
+        Setting("CATEGORIZER_URL", "http://127.0.0.1:8100", "remote backend: where `newsllm categorizer-server` runs"),
+        Setting("CATEGORIZER_TOKEN", "", "The categoriser server's bearer token (the server and its clients)"),
         # documents
         Setting("INBOX_DIR", _home("data", "raw_pdfs"), "Folder watched for new or changed documents"),
         Setting("DOCUMENTS_DIR", _home("data", "documents"), "One folder per converted document"),

@@ -1,6 +1,8 @@
 """Resources of the noticias domain: the table and its claiming rules, and the categoriser (one class per backend).
 
-`categorizer_from_settings()` is the one place a backend is chosen; the CLI and the code location both use it.
+`categorizer_from_settings()` is the one place a backend is chosen; the CLI, the code location and the resident
+categoriser server (`newsllm categorizer-server`) all use it. The `remote` backend is a client of that server:
+a run that uses it loads no model and imports no torch.
 A loaded model is shared by every resource with the same settings in a process (the demo and tests run many
 jobs in one process), keyed by a frozen settings object; only `MAX_LOADED_CATEGORIZERS` stay loaded, so an
 evaluation of base against adapter never holds both.
@@ -351,9 +353,49 @@ class ExLlamaV2CategorizerResource(LocalCategorizerResource):
         )
 
 
+class RemoteCategorizerResource(CategorizerResource):
+    """A client of the resident categoriser (`newsllm categorizer-server`), which holds the model: every run on
+    the machine shares its one loaded model, and a run loads none (nor torch). A server that cannot be reached
+    or answers with an error fails the batch, whose claims are given back; an item it could not categorise is a
+    CategorizationError, as in-process."""
+
+    url: str = Field(description="The categoriser server's base URL, e.g. http://127.0.0.1:8100")
+    token: str | None = Field(default=None, description="The server's bearer token (its NEWSLLM_CATEGORIZER_TOKEN)")
+    timeout_s: float = Field(default=120.0, description="Seconds to wait for the answer to one batch")
+    retries: int = Field(
+        default=2, description="Further tries of a request that cannot reach the server, times out or finds it busy"
+    )
+
+    _client = PrivateAttr(default=None)
+
+    @property
+    def compute_device(self) -> str:
+        return "cpu"  # the model's memory is the server's
+
+    def load(self):
+        """A client of a server that answers, checked to categorise into `categories`."""
+        if self._client is None:
+            from ..categorizer.client import CategorizerClient
+
+            client = CategorizerClient(self.url, self.token, self.timeout_s, self.retries)
+            served = client.status()["categories"]
+            if list(served) != list(self.categories):
+                raise dg.Failure(
+                    f"the categoriser server at {self.url} answers with the categories {served}, not the configured "
+                    f"{self.categories}: configure the same categories on both"
+                )
+            self._client = client
+        return self._client
+
+    def trained_adapter(self) -> str | None:
+        """The adapter the server uses now."""
+        return self.load().status()["adapter"]
+
+
 CATEGORIZER_BACKENDS: dict[str, type[CategorizerResource]] = {
     "transformers": TransformersCategorizerResource,
     "exllamav2": ExLlamaV2CategorizerResource,
+    "remote": RemoteCategorizerResource,
 }
 
 
@@ -364,7 +406,14 @@ def categorizer_from_settings(resolve_now: bool = False, **overrides) -> Categor
     backend = overrides.pop("backend", None) or setting("BACKEND")
     if backend not in CATEGORIZER_BACKENDS:
         raise ValueError(f"unknown categoriser backend {backend!r}: use one of {', '.join(CATEGORIZER_BACKENDS)}")
-    fields = {"model_dir": read("CATEGORIZER_MODEL_DIR")}
+    kind = CATEGORIZER_BACKENDS[backend]
+    given = {key: value for key, value in overrides.items() if value is not None}
+    if unknown := sorted(set(given) - set(kind.model_fields)):
+        raise ValueError(f"the {backend} categoriser backend takes no {', '.join(unknown)}")
+    if backend == "remote":
+        fields = {"url": read("CATEGORIZER_URL"), "token": optional(read("CATEGORIZER_TOKEN"))}
+    else:
+        fields = {"model_dir": read("CATEGORIZER_MODEL_DIR")}
     if backend == "transformers":
         fields.update(
             adapter_dir=optional(read("ADAPTER_DIR")),
@@ -372,5 +421,4 @@ def categorizer_from_settings(resolve_now: bool = False, **overrides) -> Categor
             use_current_adapter=site_flag("USE_CURRENT_ADAPTER"),
             current_adapter_dir=str(Path(setting("CATEGORIZER_ADAPTERS_DIR")) / "current"),
         )
-    fields.update({key: value for key, value in overrides.items() if value is not None})
-    return CATEGORIZER_BACKENDS[backend](**fields)
+    return kind(**{**fields, **given})

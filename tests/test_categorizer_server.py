@@ -1,0 +1,200 @@
+"""The resident categoriser (`newsllm categorizer-server`) for real: a server process on 127.0.0.1 holding the
+packaged SmolLM2, answering what the in-process categoriser answers, and pipeline runs that use it through
+`RemoteCategorizerResource` (NEWSLLM_BACKEND=remote) without loading a model or importing torch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import dagster as dg
+import pytest
+import requests
+import sqlalchemy as sa
+from click.testing import CliRunner
+
+from newsllm_pipeline import db
+from newsllm_pipeline.categorizer import CategorizationError, item_text
+from newsllm_pipeline.categorizer.batch import run_batch
+from newsllm_pipeline.categorizer.client import CategorizerClient, CategorizerServerError
+from newsllm_pipeline.categorizer.prompt import DEFAULT_CATEGORIES
+from newsllm_pipeline.cli import main
+from newsllm_pipeline.jobs.noticias import categorize_noticias_job
+from newsllm_pipeline.resources.noticias import NoticiasDatabase, RemoteCategorizerResource, categorizer_from_settings
+from tests.conftest import sample_rows
+
+TOKEN = "token-del-categorizador-4b1e"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server_url(model_dir, tmp_path_factory):
+    """`newsllm categorizer-server` in its own process, with the site's settings pointing at the packaged model."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("categorizer_server") / "server.log"
+    env = {
+        **os.environ,
+        "NEWSLLM_CATEGORIZER_TOKEN": TOKEN,
+        "NEWSLLM_BACKEND": "transformers",
+        "NEWSLLM_CATEGORIZER_MODEL_DIR": model_dir,
+        "NEWSLLM_USE_CURRENT_ADAPTER": "0",  # as the in-process fixture: the base model alone
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "newsllm_pipeline.cli",
+        "categorizer-server",
+        "--port",
+        str(port),
+        "--device",
+        "cpu",
+    ]
+    with log.open("w") as output:
+        server = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                requests.get(f"{url}/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the categoriser server did not start:\n{log.read_text()}") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _rows(engine):
+    with engine.connect() as conn:
+        return conn.execute(sa.select(db.noticias).order_by(db.noticias.c.id)).mappings().all()
+
+
+def _sqlite(tmp_path):
+    url = f"sqlite:///{tmp_path / 'noticias.db'}"
+    engine = db.create_db_engine(url)
+    db.upgrade(engine)
+    return url, engine
+
+
+def test_the_server_answers_what_the_in_process_categoriser_answers(server_url, categorizer):
+    texts = [item_text(row["titulo"], row["resumen"]) for row in sample_rows(12)]
+    texts += ["", "Sánchez y Feijóo debaten sobre la financiación autonómica en el Congreso"]
+    remote = RemoteCategorizerResource(url=server_url, token=TOKEN)
+    served = remote.categorize(texts)
+    local = categorizer.categorize(texts)
+    assert len(served) == len(local) == len(texts)
+    for text, mine, theirs in zip(texts, local, served, strict=True):
+        if isinstance(mine, CategorizationError):
+            assert isinstance(theirs, CategorizationError) and str(theirs) == str(mine), text
+            continue
+        assert theirs.categoria == mine.categoria, text
+        assert theirs.confianza == pytest.approx(mine.confianza, abs=1e-4), text
+    status = requests.get(f"{server_url}/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10).json()
+    assert status["backend"] == "transformers" and status["categories"] == list(DEFAULT_CATEGORIES)
+    assert status["adapter"] is None and remote.trained_adapter() is None
+    assert status["requests"]["succeeded"] >= 1 and status["requests"]["failed"] == 0
+
+
+def test_a_run_with_the_remote_categoriser_categorises_the_rows(server_url, tmp_path):
+    database_url, engine = _sqlite(tmp_path)
+    db.insert_new(engine, sample_rows(12))
+    resources = {
+        "noticias_db": NoticiasDatabase(url=database_url),
+        "categorizer": RemoteCategorizerResource(url=server_url, token=TOKEN),
+    }
+    result = categorize_noticias_job.execute_in_process(
+        run_config={"ops": {"categorize_backlog": {"config": {"batch_size": 5}}}}, resources=resources
+    )
+    assert result.output_for_node("categorize_backlog") == 12
+    assert len(result.get_asset_observation_events()) == 3  # one per committed batch of 5, 5, 2
+    rows = _rows(engine)
+    assert all(row["llm_processed"] and row["llm_categoria"] in DEFAULT_CATEGORIES for row in rows)
+    assert all(0 < row["llm_confianza"] <= 1 and row["llm_claimed_by"] is None for row in rows)
+
+
+def test_a_missing_or_wrong_token_is_a_401(server_url):
+    assert requests.get(f"{server_url}/health", timeout=10).status_code == 200  # open
+    missing = requests.post(f"{server_url}/v1/categorize", json={"texts": ["x"]}, timeout=10)
+    assert missing.status_code == 401 and "NEWSLLM_CATEGORIZER_TOKEN" in missing.json()["error"]
+    with pytest.raises(CategorizerServerError, match="HTTP 401: invalid token"):
+        RemoteCategorizerResource(url=server_url, token="not-the-token").load()
+
+
+def test_a_malformed_request_is_a_400_with_the_reason(server_url):
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for body in ({"texts": "one text"}, {"texts": [1, 2]}, {"items": []}):
+        reply = requests.post(f"{server_url}/v1/categorize", json=body, headers=auth, timeout=10)
+        assert reply.status_code == 400 and "a list of strings" in reply.json()["error"]
+
+
+def test_with_the_server_down_a_run_fails_and_its_rows_stay_unclaimed(tmp_path):
+    database_url, engine = _sqlite(tmp_path)
+    db.insert_new(engine, sample_rows(5))
+    down = f"http://127.0.0.1:{_free_port()}"
+    resources = {
+        "noticias_db": NoticiasDatabase(url=database_url),
+        "categorizer": RemoteCategorizerResource(url=down, retries=0),
+    }
+    with pytest.raises(dg.DagsterResourceFunctionError) as failed:  # the resource checks the server at start
+        categorize_noticias_job.execute_in_process(resources=resources)
+    assert "no categoriser server at" in str(failed.value.__cause__)
+    # A server that goes away while a run holds a batch: the batch fails whole and its claims are given back.
+    database = NoticiasDatabase(url=database_url)
+    client = CategorizerClient(down, retries=0)
+    with pytest.raises(CategorizerServerError):
+        run_batch(database.engine, "run-1", 5, client.categorize, database.max_attempts, database.lease)
+    rows = _rows(engine)
+    assert all(not row["llm_processed"] and row["llm_categoria"] is None for row in rows)
+    assert all(row["llm_claimed_by"] is None and row["llm_attempts"] == 0 for row in rows)
+    assert database.count_claimable() == 5
+
+
+NO_TORCH_RUN = """
+import sys
+from newsllm_pipeline import db
+from newsllm_pipeline.jobs.noticias import categorize_noticias_job
+from newsllm_pipeline.resources.noticias import NoticiasDatabase, categorizer_from_settings
+
+engine = db.create_db_engine(sys.argv[1])
+db.upgrade(engine)
+db.insert_new(engine, [{"titulo": "El Valencia gana", "resumen": "", "url": "https://x.example/1", "fuente": "X"}])
+resources = {"noticias_db": NoticiasDatabase(url=sys.argv[1]), "categorizer": categorizer_from_settings()}
+assert categorize_noticias_job.execute_in_process(resources=resources).output_for_node("categorize_backlog") == 1
+print(sorted(name for name in ("torch", "transformers", "docling") if name in sys.modules))
+"""
+
+
+def test_a_run_with_the_remote_backend_imports_no_torch(server_url, tmp_path):
+    env = {**os.environ, "NEWSLLM_BACKEND": "remote", "NEWSLLM_CATEGORIZER_URL": server_url}
+    env["NEWSLLM_CATEGORIZER_TOKEN"] = TOKEN
+    database_url = f"sqlite:///{tmp_path / 'noticias.db'}"
+    run = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_RUN, database_url], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_settings_choose_the_remote_backend_and_the_server_needs_a_token(monkeypatch):
+    monkeypatch.setenv("NEWSLLM_BACKEND", "remote")
+    monkeypatch.setenv("NEWSLLM_CATEGORIZER_URL", "http://gpu-host:8100")
+    resource = categorizer_from_settings(resolve_now=True)
+    assert isinstance(resource, RemoteCategorizerResource) and resource.url == "http://gpu-host:8100"
+    assert resource.compute_device == "cpu"
+    with pytest.raises(ValueError, match="takes no model_dir"):
+        categorizer_from_settings(resolve_now=True, model_dir="models/x")
+    monkeypatch.delenv("NEWSLLM_CATEGORIZER_TOKEN", raising=False)
+    result = CliRunner().invoke(main, ["categorizer-server"])
+    assert result.exit_code == 1 and "NEWSLLM_CATEGORIZER_TOKEN is not set" in result.output

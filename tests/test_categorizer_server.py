@@ -5,10 +5,8 @@ packaged SmolLM2, answering what the in-process categoriser answers, and pipelin
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import dagster as dg
 import pytest
@@ -24,22 +22,17 @@ from newsllm_pipeline.categorizer.prompt import DEFAULT_CATEGORIES
 from newsllm_pipeline.cli import main
 from newsllm_pipeline.jobs.noticias import categorize_noticias_job
 from newsllm_pipeline.resources.noticias import NoticiasDatabase, RemoteCategorizerResource, categorizer_from_settings
+from newsllm_pipeline.serving.server import free_port, running_in_process
 from tests.conftest import sample_rows
 
 TOKEN = "token-del-categorizador-4b1e"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server_url(model_dir, tmp_path_factory):
-    """`newsllm categorizer-server` in its own process, with the site's settings pointing at the packaged model."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("categorizer_server") / "server.log"
+def server_url(model_dir):
+    """`newsllm categorizer-server` in its own process (its log in the captured output), with the site's settings
+    pointing at the packaged model."""
+    port = free_port()
     env = {
         **os.environ,
         "NEWSLLM_CATEGORIZER_TOKEN": TOKEN,
@@ -47,33 +40,9 @@ def server_url(model_dir, tmp_path_factory):
         "NEWSLLM_CATEGORIZER_MODEL_DIR": model_dir,
         "NEWSLLM_USE_CURRENT_ADAPTER": "0",  # as the in-process fixture: the base model alone
     }
-    command = [
-        sys.executable,
-        "-m",
-        "newsllm_pipeline.cli",
-        "categorizer-server",
-        "--port",
-        str(port),
-        "--device",
-        "cpu",
-    ]
-    with log.open("w") as output:
-        server = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                requests.get(f"{url}/health", timeout=1)
-                break
-            except requests.ConnectionError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the categoriser server did not start:\n{log.read_text()}") from None
-                time.sleep(0.2)
+    command = [sys.executable, "-m", "newsllm_pipeline.cli", "categorizer-server", "--port", str(port)]
+    with running_in_process([*command, "--device", "cpu"], port, env=env) as (url, _):
         yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def _rows(engine):
@@ -142,7 +111,7 @@ def test_a_malformed_request_is_a_400_with_the_reason(server_url):
 def test_with_the_server_down_a_run_fails_and_its_rows_stay_unclaimed(tmp_path):
     database_url, engine = _sqlite(tmp_path)
     db.insert_new(engine, sample_rows(5))
-    down = f"http://127.0.0.1:{_free_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     resources = {
         "noticias_db": NoticiasDatabase(url=database_url),
         "categorizer": RemoteCategorizerResource(url=down, retries=0),

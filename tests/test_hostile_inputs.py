@@ -10,7 +10,6 @@ import http.server
 import io
 import json
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from PIL import Image
 from newsllm_pipeline import db
 from newsllm_pipeline.cli import main
 from newsllm_pipeline.feeds import MB, FeedLimits, ingest_feeds
+from newsllm_pipeline.serving.server import free_port, running_in_process
 from tests.conftest import sample_rows
 
 SHARED_PDFS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pdfs"
@@ -345,12 +345,6 @@ serve(create_app(SizeDescriber(), None, settings), "127.0.0.1", int(sys.argv[1])
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def _peak_rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
@@ -358,23 +352,10 @@ def _peak_rss_mb(pid: int) -> float:
 
 @contextlib.contextmanager
 def _size_server():
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-c", SIZE_SERVER, str(port)], stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(f"{url}/health", timeout=1)
-                break
-            except requests.ConnectionError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the vision server did not start") from None
-                time.sleep(0.1)
+    port = free_port()
+    command = [sys.executable, "-c", SIZE_SERVER, str(port)]
+    with running_in_process(command, port, timeout_s=60, stderr=subprocess.DEVNULL) as (url, server):
         yield url, server.pid
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's peak RSS from /proc")

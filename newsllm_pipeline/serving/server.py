@@ -1,11 +1,13 @@
 """Starting a service: its bearer token from the environment, and uvicorn in the foreground (the `newsllm`
-commands) or in a background thread (tests and benchmarks)."""
+commands), in a background thread, or a server command as a process of its own (tests and benchmarks)."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -64,3 +66,36 @@ def running_in_thread(app: Starlette, host: str = "127.0.0.1", port: int = 0) ->
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_in_process(
+    command: list[str], port: int, host: str = "127.0.0.1", timeout_s: float = 300, **popen
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run a server `command` that serves on `port`, wait until its `/health` answers, and yield its base URL and
+    process; terminated on exit. `popen`: `env`, `stdout`, `stderr`… of `subprocess.Popen`."""
+    import requests
+
+    process = subprocess.Popen(command, **popen)
+    url = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                requests.get(f"{url}/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{command[0]} did not start serving on {host}:{port}") from None
+                time.sleep(0.1)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -25,7 +25,7 @@ def _database_option(function):
 def _engine(database_url: str | None):
     from . import db
 
-    return db.create_db_engine(database_url or settings.database_url())
+    return db.create_db_engine(database_url or settings.setting("DATABASE_URL"))
 
 
 @click.group()
@@ -52,7 +52,7 @@ def models_prepare(names: tuple[str, ...], out: Path | None, force: bool):
     """Turn packaged GGUF models (SmolLM2-135M-Instruct, Gemma 3 270M) into transformers folders (once)."""
     from .models import PACKAGED_MODELS, packaged_model_for, prepare_base_model
 
-    default = packaged_model_for(Path(settings.categorizer_model_dir()))
+    default = packaged_model_for(Path(settings.setting("CATEGORIZER_MODEL_DIR")))
     chosen = list(PACKAGED_MODELS) if "all" in names else list(names) or [default.name if default else "gemma3"]
     if out is not None and len(chosen) != 1:
         raise click.UsageError("--out needs exactly one --model")
@@ -70,8 +70,8 @@ def models_list():
         return packaged.name if packaged else None
 
     roles = {
-        "categoriser": default_of(settings.categorizer_model_dir()),
-        "generation": default_of(settings.model_dir()),
+        "categoriser": default_of(settings.setting("CATEGORIZER_MODEL_DIR")),
+        "generation": default_of(settings.setting("MODEL_DIR")),
     }
     for name, packaged in PACKAGED_MODELS.items():
         state = "prepared" if is_model_folder(packaged.model_dir) else "not prepared"
@@ -127,12 +127,12 @@ def ingest(feeds, database_url):
     "--model",
     "model_dir",
     default=None,
-    help="Model folder (default: NEWSLLM_MODEL_DIR or the packaged model)",
+    help="Model folder (default: the site's categoriser, NEWSLLM_CATEGORIZER_MODEL_DIR, else the packaged Gemma 3)",
 )
-@click.option("--adapter", "adapter_dir", default=None, help="LoRA adapter folder")
-@click.option("--backend", default="transformers", type=click.Choice(["transformers", "exllamav2"]))
-@click.option("--device", default="auto")
-@click.option("--batch-size", default=16, show_default=True)
+@click.option("--adapter", "adapter_dir", default=None, help="LoRA adapter folder (default: the current one, if any)")
+@click.option("--backend", default=None, type=click.Choice(["transformers", "exllamav2"]), help="NEWSLLM_BACKEND")
+@click.option("--device", default=None, help="Default: NEWSLLM_DEVICE, else auto")
+@click.option("--batch-size", type=int, default=None, help="Items per forward pass (local backends; default 16)")
 def categorize(input_path, output_path, model_dir, adapter_dir, backend, device, batch_size):
     """Categorise IN.jsonl (lines with titulo and resumen; other fields pass through) into --out,
     adding categoria and confianza (or error). The output file appears only when complete. A line that is
@@ -140,22 +140,21 @@ def categorize(input_path, output_path, model_dir, adapter_dir, backend, device,
     from tqdm import tqdm
 
     from .categorizer import Prediction, item_text
-    from .resources.categorizer import CategorizerResource
+    from .resources.noticias import categorizer_from_settings
 
     records, bad_lines = _categorizable_records(input_path)
     for bad_line in bad_lines:
         click.echo(f"error: {bad_line}", err=True)
     if not records:
         raise click.ClickException(f"{input_path}: no line to categorise")
-    categorizer = CategorizerResource(
-        backend=backend,
-        model_dir=model_dir or settings.model_dir(),
-        adapter_dir=adapter_dir,
-        device=device,
-        batch_size=batch_size,
-    )
+    # The site's categoriser: the same class and settings the sensor's runs use; options override them.
+    options = dict(model_dir=model_dir, adapter_dir=adapter_dir, device=device, batch_size=batch_size)
+    try:
+        categorizer = categorizer_from_settings(resolve_now=True, backend=backend, **options)
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
     categorizer.load()
-    chunk = batch_size * 4
+    chunk = 64
     failed = 0
     with (
         staged_file(output_path) as partial,
@@ -224,7 +223,7 @@ def ask(question, model_dir, adapter_dir, device, max_new_tokens, temperature, c
     if compare and adapter_dir is None:
         raise click.UsageError("--compare needs --adapter: it shows the base model's answer next to the adapter's")
     try:
-        model_dir = resolve_model_dir(model_dir or settings.model_dir())
+        model_dir = resolve_model_dir(model_dir or settings.setting("MODEL_DIR"))
         model, tokenizer = load_for_generation(model_dir, adapter_dir, device)
     except (AdapterError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
@@ -265,7 +264,8 @@ def export(adapter_dir, out_dir, model_dir, dtype):
     from .training.inference import export_merged
 
     try:
-        result = export_merged(resolve_model_dir(model_dir or settings.model_dir()), adapter_dir, out_dir, dtype)
+        base = resolve_model_dir(model_dir or settings.setting("MODEL_DIR"))
+        result = export_merged(base, adapter_dir, out_dir, dtype)
     except (AdapterError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from error
     if result.tied:
@@ -279,13 +279,21 @@ def export(adapter_dir, out_dir, model_dir, dtype):
     )
 
 
+@main.command("settings")
+def show_settings():
+    """Every NEWSLLM_* setting: its value now, whether the site set it, and what it does."""
+    from tabulate import tabulate
+
+    click.echo(tabulate(settings.describe_settings(), headers="keys", tablefmt="github"))
+
+
 @main.command()
 @_database_option
 def status(database_url):
     """How many noticias are categorised, pending, failed."""
     from . import db
 
-    counts = db.status_counts(_engine(database_url), int(settings.env("MAX_ATTEMPTS", "3")))
+    counts = db.status_counts(_engine(database_url), int(settings.setting("MAX_ATTEMPTS")))
     click.echo("  ".join(f"{key}={value}" for key, value in counts.items()))
 
 
@@ -346,7 +354,7 @@ def process_document(source, out_dir, describer, vision_url, vision_model):
     from .documents.conversion import DocumentConversionError, convert_document, offline_converter
     from .documents.descriptions import write_descriptions
     from .files import staged_folder
-    from .resources.documents import ImageDescriberResource
+    from .resources.documents import describer_resource
 
     try:
         check_output_folder(out_dir, source)
@@ -354,8 +362,8 @@ def process_document(source, out_dir, describer, vision_url, vision_model):
     except (UnsafeOutputFolder, DocumentConversionError) as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"texto.md: {converted.pages} pages, {converted.pictures} pictures, {converted.seconds:.1f}s")
-    resource = ImageDescriberResource(
-        backend=describer, url=vision_url, model=vision_model, api_key=settings.env("VISION_API_KEY")
+    resource = describer_resource(
+        describer, url=vision_url, model=vision_model, api_key=settings.setting("VISION_API_KEY") or None
     )
     run = describe_document_images(out_dir, resource.describer(), resource.question())
     with staged_folder(out_dir / "image_descriptions") as staging:
@@ -383,7 +391,8 @@ def vision_server(
 ):
     """Serve an image describer over HTTP: the original REST API (/analyze, /analyze_base64, /status) and
     OpenAI's /v1/chat/completions. Clients send `Authorization: Bearer $NEWSLLM_VISION_TOKEN`."""
-    from .vision.server import MB, start_server
+    from .vision.server import start_server
+    from .vision.uploads import MB
 
     try:
         start_server(
@@ -399,6 +408,25 @@ def vision_server(
             max_side=max_side,
             no_auth=no_auth,
         )
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise click.ClickException(str(error)) from error
+
+
+@main.command("categorizer-server")
+@click.option("--host", default="127.0.0.1", show_default=True, help="0.0.0.0 to serve other machines")
+@click.option("--port", default=8100, show_default=True)
+@click.option("--model", default=None, help="Model folder (default: NEWSLLM_CATEGORIZER_MODEL_DIR)")
+@click.option("--adapter", default=None, help="LoRA adapter folder (default: NEWSLLM_ADAPTER_DIR, else the current)")
+@click.option("--device", default=None, help="Default: NEWSLLM_DEVICE, else auto")
+@click.option("--no-auth", is_flag=True, help="Serve without a token (trusted networks only)")
+def categorizer_server(host, port, model, adapter, device, no_auth):
+    """Hold the site's categoriser (NEWSLLM_BACKEND and the other NEWSLLM_* settings) loaded and serve it over HTTP,
+    so pipeline runs with NEWSLLM_BACKEND=remote share it. Clients send `Authorization: Bearer
+    $NEWSLLM_CATEGORIZER_TOKEN`."""
+    from .categorizer.server import start_server
+
+    try:
+        start_server(host, port, model=model, adapter=adapter, device=device, no_auth=no_auth)
     except (ValueError, FileNotFoundError, ImportError) as error:
         raise click.ClickException(str(error)) from error
 

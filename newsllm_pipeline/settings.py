@@ -84,7 +84,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("BATCH_SIZE", "10", "Noticias a categorisation run claims and commits together"),
         Setting("RUN_TIME_BUDGET_S", "300", "A categorisation run stops claiming batches after this many seconds"),
         Setting("MAX_PARALLEL_RUNS", "1", "Most categorisation runs working at once"),
-        Setting("SENSOR_INTERVAL_S", "15", "Seconds between the categorisation sensor's ticks (read at load)"),
+        Setting("SENSOR_INTERVAL_S", "5", "Seconds between the categorisation sensor's ticks (read at load)"),
         Setting(
             "BACKEND",
             "transformers",

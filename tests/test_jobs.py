@@ -185,6 +185,12 @@ def _tick(database_url, instance, batch_size, max_parallel_runs):
         return uncategorized_noticias_sensor.evaluate_tick(context)
 
 
+def test_sensor_skips_until_the_table_exists(tmp_path):
+    with dg.instance_for_test() as instance:
+        tick = _tick(f"sqlite:///{tmp_path / 'new.db'}", instance, batch_size=10, max_parallel_runs=1)
+    assert not tick.run_requests and "no noticias table yet" in tick.skip_message
+
+
 def test_sensor_launches_one_run_per_batch_up_to_the_cap_and_skips_when_idle(database_url, engine):
     claiming = {"batch_size": 10, "max_parallel_runs": 3}
     with dg.instance_for_test() as instance:

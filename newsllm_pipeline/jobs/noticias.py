@@ -172,6 +172,8 @@ _ACTIVE = [
     "noticias_db.max_parallel_runs work at once, counting those still queued or started.",
 )
 def uncategorized_noticias_sensor(context: dg.SensorEvaluationContext, noticias_db: NoticiasDatabase):
+    if not noticias_db.has_table():
+        return dg.SkipReason("no noticias table yet: materialise `noticias` or run `newsllm db upgrade`")
     backlog = noticias_db.count_claimable()
     if backlog == 0:
         status = noticias_db.status()

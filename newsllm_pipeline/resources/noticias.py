@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
+import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 from sqlalchemy.engine import Engine
 
@@ -76,6 +77,9 @@ class NoticiasDatabase(dg.ConfigurableResource):
 
     def upgrade(self) -> list[str]:
         return db.upgrade(self.engine)
+
+    def has_table(self) -> bool:
+        return sa.inspect(self.engine).has_table(db.noticias.name)
 
     def count_claimable(self) -> int:
         return db.count_claimable(self.engine, self.max_attempts, self.lease)

@@ -1,0 +1,373 @@
+"""End-to-end benchmark of the sensor-driven path, through the real `dagster-daemon`, against the in-process rate.
+
+For each database (PostgreSQL on 127.0.0.1:5432 and SQLite), on a temporary DAGSTER_HOME with the project's own
+instance configuration (`dagster_home/dagster.yaml`: run queue, pools, run monitoring; the default run launcher,
+one process per run):
+
+1. N real headlines (`data/noticias_reales/items.jsonl`, title and lede) are the backlog;
+2. `dagster-daemon run` starts and the categorisation sensor ticks once on the empty table (the pipeline is up
+   and idle, as at a site); then the backlog is inserted and the sensor launches runs, which drain it;
+3. from the insert, the table is polled until every item is categorised (or failed for good): items/s end to end,
+   time to the first category, runs launched, per-run overhead (a run's wall time minus the time its batches
+   took), peak RSS of the daemon's process tree;
+4. with the pipeline idle, single noticias are inserted one at a time: seconds until each has its category.
+
+Each database is measured twice: with the embedded default (each run loads the model) and with the resident service
+(`newsllm categorizer-server` holds the model; runs are thin clients, NEWSLLM_BACKEND=remote).
+
+In the same run the in-process rate is measured on the same items with the same model and settings (the site's
+categoriser from `categorizer_from_settings`, loaded once, batches of `NEWSLLM_BATCH_SIZE`): the ratio of the
+end-to-end rate to it is the share of the model's speed the pipeline delivers (reported against the rate with the
+model already loaded, and with its load counted, as `newsllm categorize` pays it). Everything runs few-shot (no
+adapter), with the default categoriser model.
+
+    .venv/bin/python benchmarks/pipeline.py [--n 500] [--databases postgresql sqlite] [--backends local remote]
+                                            [--latency-probes 2]
+    make bench
+
+Results go to --out (default benchmarks/results/pipeline.json) and are printed as a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import requests
+import sqlalchemy as sa
+from harness import package_versions, write_report
+from tabulate import tabulate
+
+from newsllm_pipeline import db
+from newsllm_pipeline.files import read_jsonl
+from newsllm_pipeline.settings import SHIPPED_REAL_ITEMS
+
+SCRIPT = Path(__file__).resolve()
+ROOT = SCRIPT.parent.parent
+DEFAULT_OUT = SCRIPT.parent / "results" / "pipeline.json"
+PG_ADMIN_URL = os.environ.get("NEWSLLM_TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PG_DATABASE = "newsllm_pipeline_bench"
+JOB = "categorize_noticias_job"
+
+
+def headlines(count: int, offset: int = 0) -> list[dict]:
+    with_url = [item for item in read_jsonl(SHIPPED_REAL_ITEMS) if item.get("url")]  # the table's key
+    items = sorted(with_url, key=lambda item: item["url"])[offset : offset + count]
+    return [
+        {"titulo": item["titulo"], "resumen": item.get("resumen") or "", "url": item["url"], "fuente": item["outlet"]}
+        for item in items
+    ]
+
+
+def database_url(kind: str, folder: Path) -> str:
+    if kind == "sqlite":
+        return f"sqlite:///{folder / 'noticias.db'}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)"))
+        conn.execute(sa.text(f"CREATE DATABASE {PG_DATABASE}"))
+    admin.dispose()
+    return sa.make_url(PG_ADMIN_URL).set(database=PG_DATABASE).render_as_string(hide_password=False)
+
+
+def site_environment(folder: Path, url: str) -> dict[str, str]:
+    """The settings both measurements share: this database, no feeds or documents to pick up, no adapter."""
+    (folder / "inbox").mkdir(exist_ok=True)
+    (folder / "adapters").mkdir(exist_ok=True)
+    return {
+        "NEWSLLM_DATABASE_URL": url,
+        "NEWSLLM_FEEDS": "",
+        "NEWSLLM_INBOX_DIR": str(folder / "inbox"),
+        "NEWSLLM_CATEGORIZER_ADAPTERS_DIR": str(folder / "adapters"),
+    }
+
+
+def in_process_rate(items: list[dict], environment: dict[str, str]) -> dict:
+    """The site's categoriser in this process, batch by batch, as a draining run would call it."""
+    os.environ.update(environment)
+    from newsllm_pipeline.categorizer import item_text
+    from newsllm_pipeline.resources.noticias import categorizer_from_settings
+    from newsllm_pipeline.settings import setting
+
+    started = time.perf_counter()
+    categorizer = categorizer_from_settings(resolve_now=True)
+    categorizer.load()
+    loaded = time.perf_counter()
+    size = int(setting("BATCH_SIZE"))
+    texts = [item_text(item["titulo"], item["resumen"]) for item in items]
+    for start in range(0, len(texts), size):
+        categorizer.categorize(texts[start : start + size])
+    done = time.perf_counter()
+    return {
+        "items": len(texts),
+        "load_s": round(loaded - started, 2),
+        "categorize_s": round(done - loaded, 2),
+        "items_per_s": round(len(texts) / (done - loaded), 2),
+        "items_per_s_with_load": round(len(texts) / (done - started), 2),
+    }
+
+
+def counts(engine) -> tuple[int, int]:
+    """(categorised, failed for good) rows."""
+    status = db.status_counts(engine, 3)
+    return status["processed"], status["failed_permanently"]
+
+
+class Daemon:
+    """`dagster-daemon run` on its own DAGSTER_HOME; samples the RSS of its process tree."""
+
+    def __init__(self, home: Path, environment: dict[str, str]):
+        self.home = home
+        shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+        env = {**os.environ, **environment, "DAGSTER_HOME": str(home)}
+        self.log = (home / "daemon.log").open("w")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.peak_rss_gib = 0.0
+        self.peak_process_rss_gib = 0.0
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        """Until the categorisation sensor has ticked once: the pipeline is up and idle."""
+        log = self.home / "daemon.log"
+        ticked = wait_until(lambda: "sensor: uncategorized_noticias_sensor" in log.read_text(), timeout_s, every_s=0.5)
+        if ticked is None:
+            raise RuntimeError(f"the daemon did not tick the sensor within {timeout_s} s; see {log}")
+        time.sleep(1)
+
+    def sample(self) -> None:
+        try:
+            tree = [psutil.Process(self.process.pid), *psutil.Process(self.process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        sizes = []
+        for process in tree:
+            try:
+                sizes.append(process.memory_info().rss / 2**30)
+            except psutil.NoSuchProcess:
+                pass
+        self.peak_rss_gib = max(self.peak_rss_gib, sum(sizes))
+        self.peak_process_rss_gib = max(self.peak_process_rss_gib, max(sizes, default=0.0))
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.log.close()
+
+
+def wait_until(condition, timeout_s: float, on_poll=lambda: None, every_s: float = 0.25) -> float | None:
+    """Seconds until `condition()` held, or None after `timeout_s`."""
+    started = time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < timeout_s:
+        on_poll()
+        if condition():
+            return elapsed
+        time.sleep(every_s)
+    return None
+
+
+def run_records(home: Path) -> list[dict]:
+    """Each categorisation run: its wall time and the time its batches took (from the batches' observations)."""
+    script = f"""
+import json, dagster as dg
+from dagster._core.events import DagsterEventType
+with dg.DagsterInstance.get() as instance:
+    rows = []
+    for record in instance.get_run_records(dg.RunsFilter(job_name={JOB!r})):
+        events = instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.ASSET_OBSERVATION)
+        batch_s = sum(e.dagster_event.event_specific_data.asset_observation.metadata["seconds"].value for e in events)
+        wall_s = (record.end_time or 0) - (record.start_time or 0)
+        rows.append({{"status": record.dagster_run.status.value, "wall_s": wall_s, "batches": len(events),
+                     "batch_s": batch_s}})
+    print(json.dumps(rows))
+"""
+    output = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True
+    )
+    if output.returncode:
+        raise RuntimeError(output.stderr[-2000:])
+    return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def active_runs(home: Path) -> int:
+    return sum(1 for run in run_records(home) if run["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED"))
+
+
+class CategorizerServer:
+    """`newsllm categorizer-server` on a free loopback port: the resident model the `remote` backend calls."""
+
+    def __init__(self, environment: dict[str, str], log: Path):
+        from newsllm_pipeline.serving.server import free_port
+
+        self.url = f"http://127.0.0.1:{free_port()}"
+        self.log = log.open("w")
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "newsllm"),
+                "categorizer-server",
+                "--no-auth",
+                "--port",
+                self.url.rsplit(":", 1)[1],
+            ],
+            env={**os.environ, **environment},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait_until(self.healthy, 300, every_s=0.5) is None:
+            self.stop()
+            raise RuntimeError(f"the categoriser server did not start; see {log}")
+
+    def healthy(self) -> bool:
+        try:
+            return requests.get(f"{self.url}/health", timeout=2).ok
+        except requests.ConnectionError:
+            return False
+
+    def rss_gib(self) -> float:
+        return psutil.Process(self.process.pid).memory_info().rss / 2**30
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+def through_daemon(
+    kind: str, backend: str, items: list[dict], probes: list[dict], folder: Path, timeout_s: float
+) -> dict:
+    url = database_url(kind, folder)
+    environment = site_environment(folder, url)
+    server = None
+    if backend == "remote":
+        server = CategorizerServer(environment, folder / "categorizer_server.log")
+        environment.update(NEWSLLM_BACKEND="remote", NEWSLLM_CATEGORIZER_URL=server.url)
+    engine = db.create_db_engine(url)
+    db.upgrade(engine)
+    home = folder / "dagster_home"
+    home.mkdir()
+    daemon = Daemon(home, environment)
+    report = {"database": kind, "backend": "resident service" if server else "model in the run", "items": len(items)}
+    try:
+        daemon.wait_ready()
+        db.insert_new(engine, items)
+        inserted = time.perf_counter()
+        first = wait_until(lambda: counts(engine)[0] > 0, timeout_s, daemon.sample)
+        done = wait_until(lambda: sum(counts(engine)) >= len(items), timeout_s, daemon.sample)
+        if first is None or done is None:
+            raise RuntimeError(f"{kind}: the backlog was not categorised within {timeout_s} s; see {home}/daemon.log")
+        total_s = time.perf_counter() - inserted
+        categorised, failed = counts(engine)
+        report.update(
+            first_category_s=round(first, 1),
+            total_s=round(total_s, 1),
+            categorized=categorised,
+            failed=failed,
+            items_per_s=round(len(items) / total_s, 2),
+        )
+        wait_until(lambda: active_runs(home) == 0, 120, daemon.sample, every_s=2)
+        latencies = []
+        for probe in probes:  # an idle pipeline: one new noticia at a time
+            before = sum(counts(engine))
+            db.insert_new(engine, [probe])
+            latency = wait_until(lambda done=before: sum(counts(engine)) > done, timeout_s, daemon.sample)
+            latencies.append(round(latency, 1) if latency is not None else None)
+            wait_until(lambda: active_runs(home) == 0, 120, daemon.sample, every_s=2)
+        report["single_item_latency_s"] = latencies
+    finally:
+        daemon.stop()
+        engine.dispose()
+        if server:
+            report["server_rss_gib"] = round(server.rss_gib(), 2)
+            server.stop()
+    runs = run_records(home)
+    overheads = [run["wall_s"] - run["batch_s"] for run in runs if run["batches"]]
+    report.update(
+        runs=len(runs),
+        batches=sum(run["batches"] for run in runs),
+        per_run_overhead_s=round(sum(overheads) / len(overheads), 1) if overheads else None,
+        peak_rss_gib=round(daemon.peak_rss_gib, 2),
+        peak_process_rss_gib=round(daemon.peak_process_rss_gib, 2),
+    )
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=500, help="noticias in the backlog")
+    parser.add_argument("--databases", nargs="+", default=["postgresql", "sqlite"], choices=["postgresql", "sqlite"])
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["local", "remote"],
+        choices=["local", "remote"],
+        help="local: each run loads the model; remote: runs call a resident categoriser server",
+    )
+    parser.add_argument("--latency-probes", type=int, default=2, help="single noticias inserted on an idle pipeline")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a backlog")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args()
+
+    items = headlines(args.n)
+    probes = headlines(args.latency_probes, offset=args.n)
+    with tempfile.TemporaryDirectory(prefix="newsllm-bench-") as scratch:
+        reference = Path(scratch) / "in_process"
+        reference.mkdir()
+        in_process = in_process_rate(items, site_environment(reference, database_url("sqlite", reference)))
+        pipelines = []
+        for kind in args.databases:
+            for backend in args.backends:
+                folder = Path(scratch) / f"{kind}-{backend}"
+                folder.mkdir()
+                pipelines.append(through_daemon(kind, backend, items, probes, folder, args.timeout))
+    for report in pipelines:
+        report["ratio_to_in_process"] = round(report["items_per_s"] / in_process["items_per_s"], 2)
+        report["ratio_to_in_process_with_load"] = round(report["items_per_s"] / in_process["items_per_s_with_load"], 2)
+    result = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "packages": package_versions(["dagster", "torch", "transformers", "sqlalchemy", "psycopg"]),
+        "n": args.n,
+        "in_process": in_process,
+        "pipelines": pipelines,
+    }
+    table = [
+        {
+            "path": f"daemon, {report['database']}, {report['backend']}",
+            "items/s": report["items_per_s"],
+            "× in-process": report["ratio_to_in_process"],
+            "× in-process with load": report["ratio_to_in_process_with_load"],
+            "first category s": report["first_category_s"],
+            "single item s": report["single_item_latency_s"],
+            "runs": report["runs"],
+            "overhead/run s": report["per_run_overhead_s"],
+            "peak RSS GiB": report["peak_rss_gib"],
+        }
+        for report in pipelines
+    ]
+    table.insert(0, {"path": "in process, model loaded", "items/s": in_process["items_per_s"], "× in-process": 1.0})
+    table.insert(1, {"path": "in process, with the load", "items/s": in_process["items_per_s_with_load"]})
+    write_report(result, args.out, tabulate(table, headers="keys", tablefmt="github"))
+
+
+if __name__ == "__main__":
+    main()

@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/documents.py
 	$(PY) benchmarks/vision_server.py
 	$(PY) benchmarks/lora.py
+	$(PY) benchmarks/pipeline.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check newsllm_pipeline tests benchmarks

@@ -78,7 +78,7 @@ def run_worker(name: str, model_dir: str, steps: int, warmup: int) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
 
     from newsllm_pipeline.training.lora import PROFILES, learnable_records, resolve_precision
-    from newsllm_pipeline.training.trainer import TokenCounter, trainer_for
+    from newsllm_pipeline.training.trainer import TokenCounter, build_trainer
 
     records = headline_records()
     settings = PROFILES["cpu"].with_overrides(
@@ -102,7 +102,7 @@ def run_worker(name: str, model_dir: str, steps: int, warmup: int) -> dict:
                 timing["processed"] += counter.processed
 
     with tempfile.TemporaryDirectory() as work_dir:
-        trainer = trainer_for(
+        trainer = build_trainer(
             model_dir, tokenizer, learnable.records, settings, Path(work_dir), "cpu", precision, [StepTimer()]
         )
         counter.attach(trainer.model)

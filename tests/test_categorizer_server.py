@@ -123,7 +123,7 @@ def test_with_the_server_down_a_run_fails_and_its_rows_stay_unclaimed(tmp_path):
     database = NoticiasDatabase(url=database_url)
     client = CategorizerClient(down, retries=0)
     with pytest.raises(CategorizerServerError):
-        run_batch(database.engine, "run-1", 5, client.categorize, database.max_attempts, database.lease)
+        run_batch(database.claim("run-1", 5), client.categorize)
     rows = _rows(engine)
     assert all(not row["llm_processed"] and row["llm_categoria"] is None for row in rows)
     assert all(row["llm_claimed_by"] is None and row["llm_attempts"] == 0 for row in rows)

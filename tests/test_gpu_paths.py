@@ -141,7 +141,7 @@ def test_fp16_training_on_cuda_keeps_the_base_in_fp16_and_learns(model_dir, tmp_
 @needs_cuda
 def test_training_stays_on_the_device_it_was_given(model_dir, tmp_path):
     """The last GPU ("cuda:1" on a two-GPU machine): no DataParallel, nothing allocated on the others."""
-    from newsllm_pipeline.training.trainer import trainer_for
+    from newsllm_pipeline.training.trainer import build_trainer
 
     device = f"cuda:{torch.cuda.device_count() - 1}"
     others = {index: torch.cuda.memory_allocated(index) for index in range(torch.cuda.device_count() - 1)}
@@ -150,7 +150,7 @@ def test_training_stays_on_the_device_it_was_given(model_dir, tmp_path):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    trainer = trainer_for(model_dir, tokenizer, alpaca_records(_rows()), settings, tmp_path, device, precision, [])
+    trainer = build_trainer(model_dir, tokenizer, alpaca_records(_rows()), settings, tmp_path, device, precision, [])
     trainer.train()
     assert trainer.args.device == torch.device(device) and trainer.args.n_gpu == 1
     assert {parameter.device for parameter in trainer.model.parameters()} == {torch.device(device)}

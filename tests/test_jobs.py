@@ -116,9 +116,7 @@ def test_a_run_stopped_mid_backlog_keeps_its_committed_batches_and_releases_the_
 
     database = NoticiasDatabase(url=database_url)
     with pytest.raises(KeyboardInterrupt):
-        for _ in drain(
-            database.engine, "run-1", 10, categorize_then_get_stopped, database.max_attempts, database.lease, 600
-        ):
+        for _ in drain(database.claim("run-1", 10), categorize_then_get_stopped, time_budget_s=600):
             pass
     rows = _rows(engine)
     assert [row["id"] for row in rows if row["llm_processed"]] == [row["id"] for row in rows[:10]]

@@ -341,12 +341,12 @@ def test_cpu_loss_on_completion_tokens_equals_the_full_cross_entropy(model_dir, 
     from transformers import AutoTokenizer
 
     from newsllm_pipeline.training.lora import resolve_precision
-    from newsllm_pipeline.training.trainer import trainer_for
+    from newsllm_pipeline.training.trainer import build_trainer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     records = alpaca_records(read_jsonl(dataset_dir / "train.jsonl"))
     settings = PROFILES["cpu"].with_overrides(**TINY)
-    trainer = trainer_for(
+    trainer = build_trainer(
         model_dir, tokenizer, records, settings, dataset_dir / "work", "cpu", resolve_precision("fp32", "cpu"), []
     )
     batch = next(iter(trainer.get_train_dataloader()))

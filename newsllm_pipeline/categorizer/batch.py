@@ -3,11 +3,13 @@ a draining run repeats that until the backlog is empty or its time budget is spe
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from .. import db
@@ -17,6 +19,17 @@ from .prompt import item_text
 log = logging.getLogger(__name__)
 
 Categorize = Callable[[Sequence[str]], Sequence[Prediction | CategorizationError]]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who claims rows of which table, how many at a time, and the table's claiming rules."""
+
+    engine: Engine
+    claimant: str  # a run id
+    size: int
+    max_attempts: int
+    lease: dt.timedelta
 
 
 @dataclass
@@ -32,23 +45,17 @@ class BatchOutcome:
 
 
 def run_batch(
-    engine,
-    claimant: str,
-    size: int,
-    categorize: Categorize,
-    max_attempts: int,
-    lease,
-    logger: logging.Logger | None = None,
-    exclude: Collection[int] = (),
+    claim: Claim, categorize: Categorize, logger: logging.Logger | None = None, exclude: Collection[int] = ()
 ) -> BatchOutcome:
-    """Claim up to `size` rows for `claimant` (except `exclude`), categorise them and record the results.
+    """Claim up to `claim.size` rows (except `exclude`), categorise them and record the results.
 
     Items the model cannot categorise are recorded as failed (error kept, attempt counted) and retried
     by later runs up to `max_attempts`. If the model or the database fails for the whole batch, the
     claims are given back untouched and the error propagates: nothing is half-written.
     """
     logger = logger or log
-    outcome = BatchOutcome(claimed=db.claim_batch(engine, claimant, size, max_attempts, lease, exclude))
+    claimed = db.claim_batch(claim.engine, claim.claimant, claim.size, claim.max_attempts, claim.lease, exclude)
+    outcome = BatchOutcome(claimed=claimed)
     if not outcome.claimed:
         return outcome
     started = time.perf_counter()
@@ -61,20 +68,16 @@ def run_batch(
                 outcome.failed.append(db.Failed(item.id, str(result)))
                 logger.warning("noticia %s not categorised: %s", item.id, result)
         outcome.seconds = time.perf_counter() - started
-        db.record_results(engine, claimant, outcome.categorized, outcome.failed)
+        db.record_results(claim.engine, claim.claimant, outcome.categorized, outcome.failed)
     except BaseException:
-        _give_back(engine, claimant, logger)
+        _give_back(claim, logger)
         raise
     return outcome
 
 
 def drain(
-    engine,
-    claimant: str,
-    size: int,
+    claim: Claim,
     categorize: Categorize,
-    max_attempts: int,
-    lease,
     time_budget_s: float,
     max_batches: int | None = None,
     logger: logging.Logger | None = None,
@@ -87,7 +90,7 @@ def drain(
     failed: set[int] = set()
     batches = 0
     while max_batches is None or batches < max_batches:
-        outcome = run_batch(engine, claimant, size, categorize, max_attempts, lease, logger, exclude=failed)
+        outcome = run_batch(claim, categorize, logger, exclude=failed)
         if not outcome.claimed:
             return
         failed.update(row.id for row in outcome.failed)
@@ -98,9 +101,9 @@ def drain(
             return
 
 
-def _give_back(engine, claimant: str, logger: logging.Logger) -> None:
+def _give_back(claim: Claim, logger: logging.Logger) -> None:
     try:
-        released = db.release_claims(engine, claimant)
+        released = db.release_claims(claim.engine, claim.claimant)
         logger.warning("batch failed; released %d claimed noticias for the next run", released)
     except SQLAlchemyError as error:
         logger.error("batch failed and the claims could not be released (%s); they expire with the lease", error)

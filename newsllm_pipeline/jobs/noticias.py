@@ -73,12 +73,8 @@ def categorize_backlog(
     started = time.monotonic()
     with peak_device_memory(categorizer.compute_device) as memory:
         for outcome in drain(
-            noticias_db.engine,
-            claimant=context.run_id,
-            size=config.batch_size or noticias_db.batch_size,
-            categorize=categorizer.categorize,
-            max_attempts=noticias_db.max_attempts,
-            lease=noticias_db.lease,
+            noticias_db.claim(context.run_id, config.batch_size),
+            categorizer.categorize,
             time_budget_s=config.time_budget_s if config.time_budget_s is not None else noticias_db.run_time_budget_s,
             max_batches=config.max_batches,
             logger=context.log,

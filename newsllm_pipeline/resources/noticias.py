@@ -27,6 +27,7 @@ from sqlalchemy.engine import Engine
 from .. import db
 from ..categorizer import DEFAULT_CATEGORIES, CategorizationError, Prediction, item_text
 from ..categorizer.adapter import PromptSettings
+from ..categorizer.batch import Claim
 from ..files import read_jsonl
 from ..models import AdapterError, read_adapter_config, resolve_model_dir, same_model
 from ..settings import optional, setting, site_flag, site_int, site_setting
@@ -77,6 +78,10 @@ class NoticiasDatabase(dg.ConfigurableResource):
 
     def upgrade(self) -> list[str]:
         return db.upgrade(self.engine)
+
+    def claim(self, claimant: str, size: int | None = None) -> Claim:
+        """How `claimant` (a run id) takes rows: `size` at a time (default `batch_size`), under these rules."""
+        return Claim(self.engine, claimant, size or self.batch_size, self.max_attempts, self.lease)
 
     def has_table(self) -> bool:
         return sa.inspect(self.engine).has_table(db.noticias.name)

@@ -7,7 +7,7 @@ version hashes the records, the base model's files and the settings, so the same
 a run that was interrupted resumes from its last checkpoint.
 
 `train_lora` runs the pieces in order: `existing_run` (reuse), `learnable_or_fail` (tokenise, drop what cannot
-train), `trainer.trainer_for` (the trainer, in `trainer.py`), `fit` (train or resume), `training_record` (the
+train), `trainer.build_trainer` (the trainer, in `trainer.py`), `fit` (train or resume), `training_record` (the
 `TrainingRecord` of `record.py`) and `save_adapter`.
 """
 
@@ -373,7 +373,7 @@ def train_lora(
     during training, which stops when their loss stops improving, and the best checkpoint becomes the adapter.
     """
     from ..models import resolve_device
-    from .trainer import LogForwarder, trainer_for
+    from .trainer import LogForwarder, build_trainer
 
     device = resolve_device(device)
     resolved = resolve_precision(precision, device)
@@ -393,7 +393,7 @@ def train_lora(
         )
         early_stopping = dataclasses.replace(early_stopping, records=validation.records)
     work_dir = adapters_dir / TRAINING_DIR / version
-    trainer = trainer_for(
+    trainer = build_trainer(
         model_dir,
         tokenizer,
         learnable.records,

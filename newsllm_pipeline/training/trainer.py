@@ -207,9 +207,12 @@ def build_trainer(
     callbacks: Sequence,
     early_stopping: EarlyStopping | None = None,
 ) -> NewsllmSFTTrainer:
-    """The SFT trainer for `base` (a causal LM in the precision's base dtype) with a fresh LoRA adapter on
-    `device`: the one place that decides how a run trains, for `train_lora` and the benchmarks alike. With
-    `early_stopping`, it evaluates on its records and stops when their loss stops improving."""
+    """The SFT trainer for `base` (a causal LM in the precision's base dtype, or the model folder to load it from)
+    with a fresh LoRA adapter on `device`: the one place that decides how a run trains, for `train_lora` and the
+    benchmarks alike. With `early_stopping`, it evaluates on its records and stops when their loss stops
+    improving."""
+    if isinstance(base, str | Path):
+        base = load_training_base(str(base), device, precision, settings)
     disable_progress_bars()  # the dataset preparation's bars would clutter Dagster's logs; `log` reports progress
     base.generation_config.pad_token_id = tokenizer.pad_token_id
     callbacks = list(callbacks)
@@ -227,19 +230,3 @@ def build_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict; `log` reports the steps instead
     return trainer
-
-
-def trainer_for(
-    model_dir: str,
-    tokenizer,
-    records: Sequence[dict],
-    settings: LoraSettings,
-    work_dir: Path,
-    device: str,
-    precision: Precision,
-    callbacks: Sequence,
-    early_stopping: EarlyStopping | None = None,
-) -> NewsllmSFTTrainer:
-    """`build_trainer` on the base model in `model_dir`."""
-    base = load_training_base(model_dir, device, precision, settings)
-    return build_trainer(base, tokenizer, records, settings, work_dir, device, precision, callbacks, early_stopping)

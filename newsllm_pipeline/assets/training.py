@@ -11,6 +11,7 @@ from pydantic import Field
 from ..categorizer import Prediction
 from ..categorizer.adapter import PROMPT_SETTINGS, PromptSettings, accuracy_report, adapter_records
 from ..categorizer.training_set import build_labelled_set, read_labelled_split, with_real_items, write_labelled_set
+from ..deployment import GPU_STEP_TAGS
 from ..device_memory import peak_device_memory
 from ..documents.dataset import DatasetFiles
 from ..files import content_version, read_jsonl
@@ -172,6 +173,7 @@ def _train(
     deps=["training_dataset"],  # by key: each domain loads only its own assets
     kinds={"pytorch"},
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
     description="A LoRA adapter trained on the instruction dataset (loss on the answers only). The version "
     "hashes data, base model and settings: unchanged input is not retrained; an interrupted run resumes.",
 )
@@ -333,6 +335,7 @@ def categorizer_training_set(
     deps=[categorizer_training_set],
     kinds={"pytorch"},
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
     description="A LoRA adapter that teaches the base model the categories on the zero-shot scoring prompt. "
     "Use it with NEWSLLM_ADAPTER_DIR=<categorizer adapters>/current.",
 )

@@ -14,6 +14,7 @@ from ..assets.documents import (
     raw_documents,
     training_dataset,
 )
+from ..deployment import on_celery
 from ..files import sha256_hex
 from ..resources.documents import (
     DoclingConverterResource,
@@ -76,7 +77,7 @@ def definitions() -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules([document_assets]),
         asset_checks=dg.load_asset_checks_from_modules([document_assets]),
-        jobs=[process_documents_job, training_dataset_job],
+        jobs=[process_documents_job, training_dataset_job, *on_celery(process_documents_job)],
         sensors=[raw_documents_sensor],
         resources={
             "document_store": DocumentStore(

@@ -13,6 +13,7 @@ from .. import db
 from ..assets import noticias as noticias_assets
 from ..assets.noticias import noticias, noticias_category_stats
 from ..categorizer.batch import drain
+from ..deployment import GPU_STEP_TAGS, on_celery
 from ..device_memory import peak_device_memory
 from ..resources.noticias import (
     CategorizerResource,
@@ -60,6 +61,7 @@ def _batch_metadata(outcome) -> dict:
 
 @dg.op(
     pool="gpu",
+    tags=GPU_STEP_TAGS,
     description="Claim uncategorised noticias a batch at a time, categorise each batch and commit it, until the "
     "backlog is empty or the time budget is spent. The model is loaded once for the whole run.",
 )
@@ -209,7 +211,13 @@ def definitions() -> dg.Definitions:
     return dg.Definitions(
         assets=dg.load_assets_from_modules([noticias_assets]),
         asset_checks=dg.load_asset_checks_from_modules([noticias_assets]),
-        jobs=[categorize_noticias_job, reprocess_noticias_job, ingest_noticias_job, category_stats_job],
+        jobs=[
+            categorize_noticias_job,
+            reprocess_noticias_job,
+            ingest_noticias_job,
+            category_stats_job,
+            *on_celery(categorize_noticias_job),
+        ],
         sensors=[uncategorized_noticias_sensor],
         schedules=[ingest_noticias_schedule, category_stats_schedule],
         resources={"noticias_db": noticias_database_from_settings(), "categorizer": categorizer_from_settings()},

@@ -26,8 +26,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# With the DAGSTER_PG_* settings (deploy/dagster-postgres.yaml) Dagster keeps its runs, events and ticks in that
+# PostgreSQL database: the instance folder is then dagster_home_pg/, its dagster.yaml copied from deploy/.
+PG_HOME := $(CURDIR)/dagster_home_pg
+DAGSTER_DEV := $(VENV)/bin/dagster dev -w workspace.yaml -p $(or $(DAGSTER_PORT),3000)
 dev: $(STAMP)
-	$(VENV)/bin/dagster dev -w workspace.yaml
+ifneq ($(DAGSTER_PG_HOST),)
+	mkdir -p $(PG_HOME) && cp deploy/dagster-postgres.yaml $(PG_HOME)/dagster.yaml
+	DAGSTER_HOME=$(PG_HOME) $(DAGSTER_DEV)
+else
+	$(DAGSTER_DEV)
+endif
 
 bench: $(STAMP)
 	$(PY) benchmarks/categorize.py

@@ -51,6 +51,7 @@ from tabulate import tabulate
 
 from newsllm_pipeline import db
 from newsllm_pipeline.files import read_jsonl
+from newsllm_pipeline.processes import dagster_daemon
 from newsllm_pipeline.settings import SHIPPED_REAL_ITEMS
 
 SCRIPT = Path(__file__).resolve()
@@ -125,30 +126,20 @@ def counts(engine) -> tuple[int, int]:
 
 
 class Daemon:
-    """`dagster-daemon run` on its own DAGSTER_HOME; samples the RSS of its process tree."""
+    """`dagster-daemon run` on its own DAGSTER_HOME with the project's instance config; samples the RSS of its process
+    tree."""
 
     def __init__(self, home: Path, environment: dict[str, str]):
         self.home = home
         shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
-        env = {**os.environ, **environment, "DAGSTER_HOME": str(home)}
-        self.log = (home / "daemon.log").open("w")
-        self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(ROOT / "workspace.yaml")],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.daemon = dagster_daemon(home, environment)
+        self.process = self.daemon.process
         self.peak_rss_gib = 0.0
         self.peak_process_rss_gib = 0.0
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Until the categorisation sensor has ticked once: the pipeline is up and idle."""
-        log = self.home / "daemon.log"
-        ticked = wait_until(lambda: "sensor: uncategorized_noticias_sensor" in log.read_text(), timeout_s, every_s=0.5)
-        if ticked is None:
-            raise RuntimeError(f"the daemon did not tick the sensor within {timeout_s} s; see {log}")
+        self.daemon.wait_for("sensor: uncategorized_noticias_sensor", timeout_s)
         time.sleep(1)
 
     def sample(self) -> None:
@@ -166,12 +157,7 @@ class Daemon:
         self.peak_process_rss_gib = max(self.peak_process_rss_gib, max(sizes, default=0.0))
 
     def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.log.close()
+        self.daemon.stop()
 
 
 def wait_until(condition, timeout_s: float, on_poll=lambda: None, every_s: float = 0.25) -> float | None:

@@ -75,6 +75,7 @@ def _home(*parts: str) -> Callable[[], str]:
 SETTINGS: dict[str, Setting] = {
     entry.name: entry
     for entry in [
+        Setting("TIMEZONE", "UTC", "The site's timezone for schedules and nightly retraining, e.g. Europe/Madrid"),
         # noticias
         Setting("DATABASE_URL", default_database_url, "SQLAlchemy URL of the noticias table (SQLite under data/)"),
         Setting("FEEDS", DEFAULT_FEEDS_GLOB, "Feed URLs, files or globs, separated by commas or spaces"),
@@ -112,6 +113,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("DOCX_MAX_UNCOMPRESSED_MB", "100", "An Office file that unpacks to more than this is refused"),
         Setting("DOCX_MAX_RATIO", "100", "An Office file that unpacks this many times its size is refused"),
         Setting("DOC_TIMEOUT_S", "600", "A PDF conversion still running after this many seconds is stopped"),
+        Setting("DOCUMENTS_PER_RUN", "4", "Documents a backfill converts and describes in one run (read at load)"),
         Setting("DESCRIBER", "ocr", "Picture describer: 'ocr', 'openai' or 'transformers'"),
         Setting("VISION_URL", "", "openai describer: base URL of the vision endpoint"),
         Setting("VISION_MODEL", "", "openai: the model name; transformers: a vision-language model folder"),

@@ -1,5 +1,5 @@
 """The document chain through Dagster: inbox sensor, partitions, a two-document backfill, a corrupt
-document failing alone, and the dataset with its checks."""
+document failing alone (in its own run and within a batch), and the dataset with its checks."""
 
 from __future__ import annotations
 
@@ -123,6 +123,50 @@ def test_two_document_backfill_a_corrupt_one_fails_alone_and_the_dataset_is_buil
         chunks = metadata["chunks"].value
         assert chunks > 0
         assert chunks == sum(metadata[key].value for key in ("kept", "unparseable", "ungrounded", "invalid"))
+
+
+def _markdown_document(inbox: Path, name: str, topic: str) -> None:
+    paragraph = f"El informe sobre {topic} describe los resultados del último trimestre con detalle suficiente."
+    (inbox / name).write_text(f"# {topic.capitalize()}\n\n{paragraph}\n\n## Conclusiones\n\n{paragraph}\n")
+
+
+def test_a_batch_goes_on_past_a_broken_document_and_names_it(tmp_path):
+    """A backfill's run holds a range of documents: the broken one in the middle fails the step after the others
+    were converted, each with its own metadata, and the step's error names it."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    _markdown_document(inbox, "agua.md", "el agua")
+    (inbox / "Roto Informe.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 20)
+    _markdown_document(inbox, "energia.md", "la energía")
+    store = DocumentStore(inbox_dir=str(inbox), work_dir=str(tmp_path / "documents"), dataset_dir=str(tmp_path / "d"))
+    resources = {
+        "document_store": store,
+        "docling_converter": DoclingConverterResource(mode="offline"),
+        "image_describer": OcrDescriberResource(),
+    }
+    keys = ["agua_md", "roto_informe_pdf", "energia_md"]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("documents", keys)
+        result = dg.materialize(
+            CHAIN,
+            instance=instance,
+            resources=resources,
+            tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+            raise_on_error=False,
+        )
+        assert not result.success
+        failure = next(event for event in result.all_events if event.is_step_failure)
+        assert failure.step_key == "docling_markdown"
+        message = failure.event_specific_data.error.message
+        assert "roto_informe_pdf: " in message and "Roto Informe.pdf: Docling could not convert it" in message
+        assert instance.get_materialized_partitions(dg.AssetKey("raw_documents")) == set(keys)
+        assert instance.get_materialized_partitions(dg.AssetKey("docling_markdown")) == {"agua_md", "energia_md"}
+        assert not instance.get_materialized_partitions(dg.AssetKey("image_descriptions"))  # the step waits
+        converted = result.asset_materializations_for_node("docling_markdown")
+        paths = {event.partition: event.metadata["markdown"].value for event in converted}
+        assert paths == {key: str(tmp_path / "documents" / key / "texto.md") for key in ("agua_md", "energia_md")}
+        sources = result.asset_materializations_for_node("raw_documents")
+        assert len({event.metadata["sha256"].value for event in sources}) == 3  # each document's own metadata
 
 
 def test_a_dataset_of_template_answers_fails_its_check_and_is_not_written(store, resources):

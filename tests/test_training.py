@@ -15,7 +15,6 @@ from newsllm_pipeline.assets import training as training_assets
 from newsllm_pipeline.categorizer.adapter import validation_split
 from newsllm_pipeline.documents.dataset import Example, build_dataset, write_dataset
 from newsllm_pipeline.files import read_jsonl
-from newsllm_pipeline.jobs.training import lora_retraining_schedule
 from newsllm_pipeline.resources.documents import DocumentStore
 from newsllm_pipeline.resources.training import LoraTrainerResource
 from newsllm_pipeline.training.lora import PROFILES, TrainingRun, alpaca_records, learnable_records, train_lora
@@ -241,24 +240,6 @@ def test_validation_items_are_a_seeded_stratified_tenth_and_none_from_a_small_se
     assert counts == {"Deportes": 30, "Economía": 15, "Cultura": 5}
     assert len(validation_split(labels[:200], seed=13)) == 32  # at least 32
     assert validation_split(labels[:100], seed=13) == set()  # too few to spare 32
-
-
-def test_retraining_schedule_skips_an_unchanged_dataset(model_dir, dataset_dir, tmp_path):
-    trainer = _trainer(model_dir, tmp_path)
-    store = _store(dataset_dir)
-    with dg.build_schedule_context(resources={"lora_trainer": trainer, "document_store": store}) as context:
-        request = lora_retraining_schedule(context)
-        assert isinstance(request, dg.RunRequest)
-
-        version = request.tags["dataset_version"]
-        trained = tmp_path / "adapters" / "v1"
-        trained.mkdir(parents=True)
-        (trained / "newsllm_training.json").write_text(json.dumps({"dataset_version": version}))
-        trainer.point_current("documents", "v1")
-        assert isinstance(lora_retraining_schedule(context), dg.SkipReason)
-
-        (dataset_dir / "train.jsonl").write_text((dataset_dir / "train.jsonl").read_text() + "\n")
-        assert isinstance(lora_retraining_schedule(context), dg.RunRequest)
 
 
 @pytest.mark.slow

@@ -1,6 +1,10 @@
 """Document assets: raw files → Docling Markdown + images → image descriptions → described Markdown
-(one dynamic partition per document) → the instruction dataset (all documents)."""
+(one dynamic partition per document) → the instruction dataset (all documents).
 
+The sensor runs one document per run; a backfill runs up to NEWSLLM_DOCUMENTS_PER_RUN documents per run, so
+Docling and the describer load once per batch rather than once per document."""
+
+from collections.abc import Callable
 from pathlib import Path
 from textwrap import shorten
 
@@ -8,6 +12,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from ..automation import after_inputs_change
 from ..documents.chain import extracted_images, write_described_markdown
 from ..documents.dataset import (
     AnswerDefects,
@@ -26,8 +31,11 @@ from ..resources.documents import (
     ImageDescriberResource,
     TextGeneratorResource,
 )
+from ..settings import setting
 
 documents_partitions = dg.DynamicPartitionsDefinition(name="documents")
+# Every asset of the chain has the same policy, so a backfill runs each batch through the whole chain in one run.
+documents_backfill_policy = dg.BackfillPolicy.multi_run(max_partitions_per_run=int(setting("DOCUMENTS_PER_RUN")))
 GROUP = "documents"
 
 
@@ -35,22 +43,52 @@ def _preview(text: str, limit: int = 1500) -> dg.MetadataValue:
     return dg.MetadataValue.md(text[:limit] + ("\n\n…" if len(text) > limit else ""))
 
 
+def each_document(context: dg.AssetExecutionContext, work: Callable[[str], dict]) -> dict[str, dict]:
+    """Run `work` (a document's key → its metadata) on every document of the run: one, or a backfill's batch.
+    Each document's metadata goes to its own partition. A document that fails does not stop the others in this
+    step: the ones done are recorded as materialised, then the step fails naming those that failed (the batch's
+    later steps wait for a re-execution of the failed run)."""
+    done, failed = {}, {}
+    for key in context.partition_keys:
+        try:
+            done[key] = work(key)
+        except Exception as error:  # one document's failure is its own; the step reports all of them at the end
+            context.log.error(f"{key}: {error}")
+            failed[key] = error
+    if failed:
+        for key, metadata in done.items():
+            context.log_event(dg.AssetMaterialization(context.asset_key, partition=key, metadata=metadata))
+        raise dg.Failure(
+            "; ".join(f"{key}: {error}" for key, error in failed.items()),
+            metadata={"failed": sorted(failed), "done": sorted(done)},
+        ) from next(iter(failed.values()))
+    for key, metadata in done.items():
+        context.add_asset_metadata(metadata, partition_key=key)
+    return done
+
+
 @dg.asset(
     partitions_def=documents_partitions,
+    backfill_policy=documents_backfill_policy,
     group_name=GROUP,
     description="A document dropped in the inbox (PDF, DOCX, HTML, Markdown), identified by its content hash.",
 )
 def raw_documents(context: dg.AssetExecutionContext, document_store: DocumentStore) -> dg.MaterializeResult:
-    source = document_store.source(context.partition_key)
-    digest = sha256_hex(source)
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(digest),
-        metadata={"path": dg.MetadataValue.path(str(source)), "sha256": digest, "bytes": source.stat().st_size},
-    )
+    def record(key: str) -> dict:
+        source = document_store.source(key)
+        digest, size = sha256_hex(source), source.stat().st_size
+        return {"path": dg.MetadataValue.path(str(source)), "sha256": digest, "bytes": size}
+
+    done = each_document(context, record)
+    # A run gives all its partitions one data version: a document's digest when it runs alone (the sensor's runs);
+    # in a backfill's batch each document's digest is its metadata's sha256.
+    digest = next(iter(done.values()))["sha256"] if len(done) == 1 else None
+    return dg.MaterializeResult(data_version=dg.DataVersion(digest) if digest else None)
 
 
 @dg.asset(
     partitions_def=documents_partitions,
+    backfill_policy=documents_backfill_policy,
     group_name=GROUP,
     deps=[raw_documents],
     kinds={"docling"},
@@ -61,20 +99,20 @@ def docling_markdown(
 ) -> dg.MaterializeResult:
     from ..documents.conversion import DocumentConversionError, convert_document
 
-    key = context.partition_key
     mode, reason = docling_converter.resolved_mode()
-    context.log.info(f"converting {key} in {mode} mode ({reason})")
-    try:
-        converted = convert_document(
-            document_store.source(key), document_store.folder(key), docling_converter.converter()
-        )
-    except DocumentConversionError as error:
-        raise dg.Failure(str(error)) from error
-    for warning in converted.warnings:
-        context.log.warning(warning)
-    markdown = converted.markdown_path.read_text(encoding="utf-8")
-    return dg.MaterializeResult(
-        metadata={
+
+    def convert(key: str) -> dict:
+        context.log.info(f"converting {key} in {mode} mode ({reason})")
+        try:
+            converted = convert_document(
+                document_store.source(key), document_store.folder(key), docling_converter.converter()
+            )
+        except DocumentConversionError as error:
+            raise dg.Failure(str(error)) from error
+        for warning in converted.warnings:
+            context.log.warning(warning)
+        markdown = converted.markdown_path.read_text(encoding="utf-8")
+        return {
             "mode": mode,
             "mode_reason": reason,
             "pages": converted.pages,
@@ -85,11 +123,14 @@ def docling_markdown(
             "markdown": dg.MetadataValue.path(str(converted.markdown_path)),
             "preview": _preview(markdown),
         }
-    )
+
+    each_document(context, convert)
+    return dg.MaterializeResult()
 
 
 @dg.asset(
     partitions_def=documents_partitions,
+    backfill_policy=documents_backfill_policy,
     group_name=GROUP,
     deps=[docling_markdown],
     description="One description per extracted picture (JSON and Markdown per image), with the document's caption "
@@ -101,22 +142,26 @@ def image_descriptions(
     from ..documents.chain import DESCRIPTIONS_DIR, describe_document_images
     from ..documents.descriptions import write_descriptions
 
-    folder = document_store.folder(context.partition_key)
-    images = extracted_images(folder)
-    context.log.info(f"describing {len(images)} pictures with the {image_describer.backend} backend")
-    run = describe_document_images(
-        folder, image_describer.describer(), image_describer.question(), image_describer.min_side_px
-    )
-    for image, error in run.failed.items():
-        context.log.warning(f"{image}: {error}")
-    with staged_folder(folder / DESCRIPTIONS_DIR) as staging:
-        write_descriptions(run, staging)
-    table = pd.DataFrame(
-        [{"image": Path(d.image).name, "seconds": d.seconds, "description": d.text[:160]} for d in run.descriptions],
-        columns=["image", "seconds", "description"],
-    )
-    return dg.MaterializeResult(
-        metadata={
+
+    def describe(key: str) -> dict:
+        folder = document_store.folder(key)
+        images = extracted_images(folder)
+        context.log.info(f"{key}: describing {len(images)} pictures with the {image_describer.backend} backend")
+        run = describe_document_images(
+            folder, image_describer.describer(), image_describer.question(), image_describer.min_side_px
+        )
+        for image, error in run.failed.items():
+            context.log.warning(f"{image}: {error}")
+        with staged_folder(folder / DESCRIPTIONS_DIR) as staging:
+            write_descriptions(run, staging)
+        table = pd.DataFrame(
+            [
+                {"image": Path(d.image).name, "seconds": d.seconds, "description": d.text[:160]}
+                for d in run.descriptions
+            ],
+            columns=["image", "seconds", "description"],
+        )
+        return {
             "backend": image_describer.backend,
             "pictures": len(images),
             "described": len(run.descriptions),
@@ -125,25 +170,30 @@ def image_descriptions(
             "failed": len(run.failed),
             "descriptions": dg.MetadataValue.md(table.to_markdown(index=False)),
         }
-    )
+
+    each_document(context, describe)
+    return dg.MaterializeResult()
 
 
 @dg.asset(
     partitions_def=documents_partitions,
+    backfill_policy=documents_backfill_policy,
     group_name=GROUP,
     deps=[image_descriptions],
     description="texto_final.md: the Markdown with every picture link replaced by its description.",
 )
 def described_markdown(context: dg.AssetExecutionContext, document_store: DocumentStore) -> dg.MaterializeResult:
-    path, replaced, dropped = write_described_markdown(document_store.folder(context.partition_key))
-    return dg.MaterializeResult(
-        metadata={
+    def rewrite(key: str) -> dict:
+        path, replaced, dropped = write_described_markdown(document_store.folder(key))
+        return {
             "path": dg.MetadataValue.path(str(path)),
             "pictures_described": replaced,
             "pictures_dropped": dropped,
             "preview": _preview(path.read_text(encoding="utf-8")),
         }
-    )
+
+    each_document(context, rewrite)
+    return dg.MaterializeResult()
 
 
 class TrainingDatasetConfig(dg.Config):
@@ -214,6 +264,8 @@ def _dataset_checks(dataset: Dataset, defects: AnswerDefects, config: TrainingDa
     deps=[described_markdown],
     kinds={"parquet"},
     check_specs=DATASET_CHECKS,
+    # Rebuilt once described documents changed and none is still in a run: once after a backfill, not per batch.
+    automation_condition=after_inputs_change(),
     description="All described documents as an alpaca instruction dataset (JSONL, Parquet, dataset_info.json).",
 )
 def training_dataset(

@@ -8,6 +8,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from ..automation import after_inputs_change, nightly_after_inputs_change
 from ..categorizer import Prediction
 from ..categorizer.adapter import PROMPT_SETTINGS, PromptSettings, accuracy_report, adapter_records
 from ..categorizer.training_set import build_labelled_set, read_labelled_split, with_real_items, write_labelled_set
@@ -29,9 +30,10 @@ GROUP = "lora"
 
 class LoraTrainingConfig(dg.Config):
     """A profile (`cpu`: short run of the packaged tiny model; `gpu`: the original project's r=128, 20 epochs,
-    batch 1 x 16, length 2048) and optional overrides of its values."""
+    batch 1 x 16, length 2048; `auto`: the one that fits the training device) and optional overrides of its
+    values."""
 
-    profile: str = Field(default="cpu", description="'cpu' or 'gpu'")
+    profile: str = Field(default="auto", description="'auto' (gpu on a CUDA device, else cpu), 'cpu' or 'gpu'")
     epochs: float | None = Field(default=None, description="Passes over the data")
     max_steps: int | None = Field(default=None, description="Optimiser steps; > 0 overrides epochs")
     rank: int | None = Field(default=None, description="LoRA rank r")
@@ -44,11 +46,19 @@ class LoraTrainingConfig(dg.Config):
     packing: bool | None = Field(default=None, description="Pack examples into rows with no padding")
     save_steps: int | None = Field(default=None, description="Checkpoint every this many steps (for resuming)")
 
-    def settings(self) -> LoraSettings:
+    def profile_for(self, device: str) -> str:
+        """The profile to train with on `device` ('auto', 'cpu', 'cuda', 'cuda:1'…)."""
+        if self.profile == "auto":
+            from ..models import resolve_device
+
+            return "gpu" if resolve_device(device).startswith("cuda") else "cpu"
         if self.profile not in PROFILES:
-            raise dg.Failure(f"unknown training profile {self.profile!r}: use one of {', '.join(PROFILES)}")
+            raise dg.Failure(f"unknown training profile {self.profile!r}: use auto or one of {', '.join(PROFILES)}")
+        return self.profile
+
+    def settings(self, device: str = "auto") -> LoraSettings:
         overrides = self.model_dump(include={field.name for field in dataclasses.fields(LoraSettings)})
-        return PROFILES[self.profile].with_overrides(**overrides)
+        return PROFILES[self.profile_for(device)].with_overrides(**overrides)
 
 
 class DocumentTrainingConfig(LoraTrainingConfig):
@@ -59,6 +69,8 @@ class DocumentTrainingConfig(LoraTrainingConfig):
 
 
 class CategorizerTrainingConfig(LoraTrainingConfig):
+    # The values below were measured on the cpu profile's LoRA shape; on a GPU the same short run is just faster.
+    profile: str = Field(default="cpu", description="'cpu', 'gpu' or 'auto' (gpu on a CUDA device, else cpu)")
     # Short examples (about 90 tokens, the category as the answer; each item with its summary and as a headline
     # alone): larger batches. A step budget rather than epochs: with the real labelled set (about 1,450 examples
     # besides the sample's 400) one epoch takes about 115 steps of 3 s on 2 cores; 80 steps keep the demo's
@@ -152,26 +164,29 @@ def _train(
     context, config: LoraTrainingConfig, trainer: LoraTrainerResource, kind: str, records, base_model=None, **options
 ):
     """Train (or reuse) the adapter of `kind` on `base_model` (default: the trainer's) and make it the current
-    one: the run and the step's peak device memory."""
+    one: the run and its metadata (with the profile the device chose and the step's peak device memory)."""
+    profile = config.profile_for(trainer.device)
+    context.log.info(f"training with the {profile} profile (device {trainer.device})")
     with peak_device_memory(trainer.device) as memory:
         run = train_lora(
             base_model or trainer.base_model(),
             records,
             trainer.folder(kind),
-            config.settings(),
+            config.settings(trainer.device),
             device=trainer.device,
             precision=trainer.precision,
             log=context.log.info,
             **options,
         )
     trainer.point_current(kind, run.version)
-    return run, memory
+    return run, {**_training_metadata(run), "profile": profile, **memory}
 
 
 @dg.asset(
     group_name=GROUP,
     deps=["training_dataset"],  # by key: each domain loads only its own assets
     kinds={"pytorch"},
+    automation_condition=nightly_after_inputs_change(),
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     description="A LoRA adapter trained on the instruction dataset (loss on the answers only). The version "
@@ -187,7 +202,7 @@ def lora_adapter(
     if not files.train_jsonl.exists():
         raise dg.Failure(f"no instruction dataset in {files.folder}: materialise training_dataset first")
     rows = read_jsonl(files.train_jsonl)
-    run, memory = _train(
+    run, metadata = _train(
         context,
         config,
         lora_trainer,
@@ -195,9 +210,7 @@ def lora_adapter(
         alpaca_records(rows),
         dataset_version=files.version(),
     )
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(run.version), metadata={**_training_metadata(run), **memory}
-    )
+    return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata=metadata)
 
 
 class AdapterEvaluationConfig(dg.Config):
@@ -213,6 +226,7 @@ def _answers_table(answers: list[dict], limit: int = 300) -> str:
 @dg.asset(
     group_name=GROUP,
     deps=[lora_adapter],
+    automation_condition=after_inputs_change(),
     check_specs=[
         dg.AssetCheckSpec(
             "adapter_beats_base",
@@ -359,11 +373,11 @@ def categorizer_adapter(
         [item.categoria for item in train],
         prompt,
         hold_out=config.early_stopping,
-        seed=config.settings().seed,
+        seed=config.settings(lora_trainer.device).seed,
     )
     if config.early_stopping and not records.validation:
         context.log.warning(f"{len(train)} training items are too few to hold some out: no early stopping")
-    run, memory = _train(
+    run, metadata = _train(
         context,
         config,
         lora_trainer,
@@ -374,9 +388,7 @@ def categorizer_adapter(
         extra_files={PROMPT_SETTINGS: prompt.to_json()},
         dataset_version=content_version(folder / TRAIN_JSONL, folder / EVAL_JSONL, folder / REAL_DEV_JSONL),
     )
-    return dg.MaterializeResult(
-        data_version=dg.DataVersion(run.version), metadata={**_training_metadata(run), **memory}
-    )
+    return dg.MaterializeResult(data_version=dg.DataVersion(run.version), metadata=metadata)
 
 
 def _predictions(categorizer: CategorizerResource, texts: list[str]) -> list[str | None]:

@@ -12,6 +12,7 @@ from pydantic import Field
 from .. import db
 from ..assets import noticias as noticias_assets
 from ..assets.noticias import noticias, noticias_category_stats
+from ..automation import site_timezone
 from ..categorizer.batch import drain
 from ..deployment import GPU_STEP_TAGS, on_celery
 from ..device_memory import peak_device_memory
@@ -199,11 +200,31 @@ category_stats_job = dg.define_asset_job(
     "category_stats_job", selection=[noticias_category_stats], description="Refresh the category statistics."
 )
 ingest_noticias_schedule = dg.ScheduleDefinition(
-    job=ingest_noticias_job, cron_schedule="*/15 * * * *", default_status=dg.DefaultScheduleStatus.RUNNING
+    job=ingest_noticias_job,
+    cron_schedule="*/15 * * * *",
+    execution_timezone=site_timezone(),
+    default_status=dg.DefaultScheduleStatus.RUNNING,
 )
 category_stats_schedule = dg.ScheduleDefinition(
-    job=category_stats_job, cron_schedule="0 * * * *", default_status=dg.DefaultScheduleStatus.RUNNING
+    job=category_stats_job,
+    cron_schedule="0 * * * *",
+    execution_timezone=site_timezone(),
+    default_status=dg.DefaultScheduleStatus.RUNNING,
 )
+
+
+# Automation conditions cannot follow the categorisation: its batches are AssetObservations of `noticias`, and
+# Dagster counts only materialisations as updates of a materialisable asset. The run's end is the signal instead.
+@dg.run_status_sensor(
+    run_status=dg.DagsterRunStatus.SUCCESS,
+    monitored_jobs=[categorize_noticias_job],
+    request_job=category_stats_job,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Refreshes the category statistics after each successful categorisation run.",
+)
+def category_stats_after_categorization_sensor(context: dg.RunStatusSensorContext):
+    run_id = context.dagster_run.run_id
+    return dg.RunRequest(run_key=f"after-{run_id}", tags={"newsllm/after_categorization_run": run_id})
 
 
 def definitions() -> dg.Definitions:
@@ -218,7 +239,7 @@ def definitions() -> dg.Definitions:
             category_stats_job,
             *on_celery(categorize_noticias_job),
         ],
-        sensors=[uncategorized_noticias_sensor],
+        sensors=[uncategorized_noticias_sensor, category_stats_after_categorization_sensor],
         schedules=[ingest_noticias_schedule, category_stats_schedule],
         resources={"noticias_db": noticias_database_from_settings(), "categorizer": categorizer_from_settings()},
     )

@@ -1,7 +1,5 @@
-"""The training domain's jobs and retraining schedules: the document adapter and the categoriser adapter."""
-
-import json
-from pathlib import Path
+"""The training domain's jobs, the categoriser's retraining schedule and the automation sensor: the document
+adapter retrains at night when the dataset changed (its automation condition, `automation.py`)."""
 
 import dagster as dg
 
@@ -13,11 +11,9 @@ from ..assets.training import (
     categorizer_training_set,
     lora_adapter,
 )
-from ..documents.dataset import DatasetFiles
-from ..resources.documents import DocumentStore
-from ..resources.training import CURRENT, LoraTrainerResource
+from ..automation import automation_sensor, site_timezone
+from ..resources.training import LoraTrainerResource
 from ..settings import site_setting
-from ..training.record import TRAINING_INFO
 
 lora_training_job = dg.define_asset_job(
     "lora_training_job",
@@ -29,35 +25,10 @@ categorizer_training_job = dg.define_asset_job(
     selection=[categorizer_training_set, categorizer_adapter, categorizer_evaluation],
     description="Rebuild the trusted-label set from noticias, train the categoriser adapter, compare accuracies.",
 )
-
-
-def trained_dataset_version(adapters_dir: Path) -> str | None:
-    """The dataset version the current adapter was trained on, if there is one."""
-    info = adapters_dir / CURRENT / TRAINING_INFO
-    return json.loads(info.read_text(encoding="utf-8")).get("dataset_version") if info.exists() else None
-
-
-@dg.schedule(
-    job=lora_training_job,
-    cron_schedule="0 2 * * *",
-    default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Nightly: retrain the document adapter when the instruction dataset changed since the last one.",
-)
-def lora_retraining_schedule(
-    context: dg.ScheduleEvaluationContext, document_store: DocumentStore, lora_trainer: LoraTrainerResource
-):
-    files = DatasetFiles(folder=Path(document_store.dataset_dir))
-    if not files.train_jsonl.exists():
-        return dg.SkipReason(f"no instruction dataset in {files.folder} yet")
-    version = files.version()
-    if version == trained_dataset_version(lora_trainer.folder("documents")):
-        return dg.SkipReason(f"dataset {version} unchanged since the current adapter")
-    return dg.RunRequest(run_key=f"dataset-{version}", tags={"dataset_version": version})
-
-
 categorizer_retraining_schedule = dg.ScheduleDefinition(
     job=categorizer_training_job,
     cron_schedule="0 3 * * 0",
+    execution_timezone=site_timezone(),
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Weekly: rebuild the trusted-label set and retrain the categoriser adapter (an unchanged set "
     "reuses the existing adapter: its version hashes the data).",
@@ -65,12 +36,14 @@ categorizer_retraining_schedule = dg.ScheduleDefinition(
 
 
 def definitions() -> dg.Definitions:
-    """The training domain: adapters trained, evaluated against their base model and retrained on a schedule."""
+    """The training domain: adapters trained, evaluated against their base model and retrained on a schedule or
+    by automation (the automation sensor evaluates every asset's condition, the dataset's included)."""
     return dg.Definitions(
         assets=dg.load_assets_from_modules([training_assets]),
         asset_checks=dg.load_asset_checks_from_modules([training_assets]),
         jobs=[lora_training_job, categorizer_training_job],
-        schedules=[lora_retraining_schedule, categorizer_retraining_schedule],
+        schedules=[categorizer_retraining_schedule],
+        sensors=[automation_sensor],
         resources={
             "lora_trainer": LoraTrainerResource(
                 model_dir=site_setting("TRAIN_BASE_MODEL_DIR"),

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import dagster as dg
+from dagster._core.storage.tags import RUN_KEY_TAG
 
 from . import db
 from .settings import PROJECT_HOME, setting
@@ -48,6 +49,13 @@ def failure_reasons(result: dg.ExecuteInProcessResult) -> str:
     return "; ".join(reasons) or "the run failed"
 
 
+def sensor_run_tags(sensor: dg.SensorDefinition, request: dg.RunRequest) -> dict[str, str]:
+    """The tags the daemon gives a run it launches for `request`. The demo evaluates the sensor without storing
+    its cursor, so the daemon's first tick (`make dev`) requests these documents again; it skips every request
+    whose run key a run of this sensor already has, so it does not process them a second time."""
+    return {**request.tags, **dg.DagsterRun.tags_for_sensor(sensor), RUN_KEY_TAG: request.run_key}
+
+
 def process_documents(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Callable[[str], None]) -> bool:
     """Tick the inbox sensor once, run the document chain for each document it finds, build the dataset; False
     when the inbox is empty. A document that fails does not stop the others, but fails the demo before the
@@ -67,7 +75,11 @@ def process_documents(defs: dg.Definitions, instance: dg.DagsterInstance, echo: 
     for request in tick.run_requests:
         clock = time.perf_counter()
         result = job.execute_in_process(
-            partition_key=request.partition_key, instance=instance, run_config=QUIET, raise_on_error=False
+            partition_key=request.partition_key,
+            instance=instance,
+            run_config=QUIET,
+            raise_on_error=False,
+            tags=sensor_run_tags(sensor, request),
         )
         if not result.success:
             failed[request.partition_key] = failure_reasons(result)

@@ -73,10 +73,11 @@ class CategorizerTrainingConfig(LoraTrainingConfig):
     profile: str = Field(default="cpu", description="'cpu', 'gpu' or 'auto' (gpu on a CUDA device, else cpu)")
     # Short examples (about 90 tokens, the category as the answer; each item with its summary and as a headline
     # alone): larger batches. A step budget rather than epochs: with the real labelled set (about 1,450 examples
-    # besides the sample's 400) one epoch takes about 115 steps of 3 s on 2 cores; 80 steps keep the demo's
-    # categoriser step near 6 minutes (without the real set: about 3 passes over the sample).
+    # besides the sample's 400) one epoch takes about 115 steps of 1.4 s (Gemma 3 270M, 2 cores). At 80 steps the
+    # validation loss was still falling (best step 80; real dev headlines 48 %); at 160 the best step was 140 and
+    # early stopping keeps it (55 %, benchmarks/categorize_quality.py, one run each), for about 100 s more.
     epochs: float | None = Field(default=1.0, description="Passes over the data (when max_steps is not set)")
-    max_steps: int | None = Field(default=80, description="Optimiser steps; > 0 overrides epochs")
+    max_steps: int | None = Field(default=160, description="Optimiser steps; > 0 overrides epochs")
     # Half the cpu profile's rate: with 1e-3, three runs of the same Gemma settings scored 58 %, 82 % and 84 % on
     # the held-out sample (a loss spike late in the run decides); with 5e-4, three scored 76 %, 78 % and 82 %.
     learning_rate: float | None = 5e-4

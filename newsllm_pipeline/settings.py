@@ -101,6 +101,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("ADAPTER_DIR", "", "A categoriser LoRA adapter to use instead of the current one"),
         Setting("USE_CURRENT_ADAPTER", "1", "Use the categoriser adapter trained last (0 switches it off)"),
         Setting("DEVICE", "auto", "Categoriser device: 'auto', 'cpu', 'cuda', 'cuda:1'…"),
+        Setting("GPU_SPLIT", "", "exllamav2: GB per GPU, e.g. '20,24' (empty: autosplit; read at load)"),
+        Setting("CACHE_TYPE", "fp16", "exllamav2 KV cache: FP16 or Q4 (any case)"),
+        Setting("MAX_SEQ_LEN", "4096", "exllamav2 cache length in tokens"),
         Setting("CATEGORIZER_URL", "http://127.0.0.1:8100", "remote backend: where `newsllm categorizer-server` runs"),
         Setting("CATEGORIZER_TOKEN", "", "The categoriser server's bearer token (the server and its clients)"),
         # documents

@@ -68,6 +68,19 @@ def test_the_backend_is_chosen_in_one_place_with_only_its_own_fields(monkeypatch
         categorizer_from_settings()
 
 
+def test_the_seed_worker_settings_reach_the_exllamav2_backend(monkeypatch):
+    """The original worker's gpu_split, cache mode (FP16/Q4, any case) and max_seq_len, as site settings."""
+    monkeypatch.setenv("NEWSLLM_BACKEND", "exllamav2")
+    monkeypatch.setenv("NEWSLLM_GPU_SPLIT", "20, 24")
+    monkeypatch.setenv("NEWSLLM_CACHE_TYPE", "Q4")
+    monkeypatch.setenv("NEWSLLM_MAX_SEQ_LEN", "8192")
+    resource = categorizer_from_settings(resolve_now=True, model_dir=".")
+    assert (resource.gpu_split, resource.cache_type, resource.max_seq_len) == ([20.0, 24.0], "Q4", 8192)
+    assert resource.spec().cache_type == "q4"
+    at_run_time = categorizer_from_settings()
+    assert at_run_time.max_seq_len.env_var_name == "NEWSLLM_MAX_SEQ_LEN"
+
+
 def test_settings_command_lists_values_and_hides_secrets(monkeypatch):
     monkeypatch.setenv("NEWSLLM_VISION_API_KEY", "s3cret")
     monkeypatch.setenv("NEWSLLM_MAX_ATTEMPTS", "5")

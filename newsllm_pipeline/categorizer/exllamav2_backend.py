@@ -60,6 +60,7 @@ class ExLlamaV2Categorizer(LabelScoringCategorizer):
             raise RuntimeError(f"exllamav2 is not usable here ({error}); install the `gpu` extra") from error
         from transformers import AutoTokenizer
 
+        cache_type = cache_type.lower()  # the seed's settings said FP16 / Q4
         if cache_type not in ("fp16", "q4"):
             raise ValueError(f"unknown cache_type {cache_type!r}: use 'fp16' or 'q4'")
         self.categories = tuple(categories)

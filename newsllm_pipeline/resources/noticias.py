@@ -345,7 +345,7 @@ class ExLlamaV2CategorizerResource(LocalCategorizerResource):
     """EXL2, GPTQ or FP16 folders on CUDA GPUs (the `gpu` extra); scores categories, takes no adapter."""
 
     gpu_split: list[float] | None = Field(default=None, description="GB per GPU; None = autosplit")
-    cache_type: str = Field(default="fp16", description="KV cache: 'fp16' or 'q4'")
+    cache_type: str = Field(default="fp16", description="KV cache: 'fp16' or 'q4' (any case, as the seed's FP16/Q4)")
     max_seq_len: int = Field(default=4096, description="Cache length in tokens")
 
     @property
@@ -356,7 +356,7 @@ class ExLlamaV2CategorizerResource(LocalCategorizerResource):
         return ExLlamaV2Spec(
             model_dir=resolve_model_dir(self.model_dir),
             gpu_split=tuple(self.gpu_split) if self.gpu_split else None,
-            cache_type=self.cache_type,
+            cache_type=self.cache_type.lower(),
             max_seq_len=self.max_seq_len,
             prompt=self._prompt(),
         )
@@ -429,5 +429,12 @@ def categorizer_from_settings(resolve_now: bool = False, **overrides) -> Categor
             device=read("DEVICE"),
             use_current_adapter=site_flag("USE_CURRENT_ADAPTER"),
             current_adapter_dir=str(Path(setting("CATEGORIZER_ADAPTERS_DIR")) / "current"),
+        )
+    if backend == "exllamav2":
+        split = setting("GPU_SPLIT").replace(",", " ").split()  # a list field: read when the code location loads
+        fields.update(
+            gpu_split=[float(gb) for gb in split] or None,
+            cache_type=read("CACHE_TYPE"),
+            max_seq_len=int(setting("MAX_SEQ_LEN")) if resolve_now else site_int("MAX_SEQ_LEN"),
         )
     return kind(**{**fields, **given})

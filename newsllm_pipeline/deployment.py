@@ -61,3 +61,13 @@ def on_celery(*jobs: dg.JobDefinition | UnresolvedAssetJobDefinition) -> list:
                 )
             )
     return variants
+
+
+def pooled_steps(definitions: dg.Definitions) -> dict[str, dict]:
+    """Every step that holds a device (an op in a concurrency pool), with its tags: what must reach the GPU queue."""
+    return {
+        node.name: dict(node.definition.tags)
+        for job in definitions.resolve_all_job_defs()
+        for node in job.nodes_in_topological_order
+        if node.definition.pool
+    }

@@ -24,6 +24,7 @@ from newsllm_pipeline.deployment import (
     GPU_QUEUE,
     GPU_STEP_TAGS,
     celery_executor_config,
+    pooled_steps,
 )
 from newsllm_pipeline.documents.chain import document_key
 from newsllm_pipeline.processes import BIN, LoggedProcess
@@ -37,12 +38,7 @@ SERVICES = {"RabbitMQ": ("127.0.0.1", 5672), "Redis": ("127.0.0.1", 6379)}
 
 def test_every_step_that_holds_a_device_goes_to_the_gpu_queue():
     """Ops in a concurrency pool (a device's) carry the GPU step tags: the Celery queue and the Kubernetes GPU."""
-    pooled = {
-        node.name: node.definition.tags
-        for job in defs.resolve_all_job_defs()
-        for node in job.nodes_in_topological_order
-        if node.definition.pool
-    }
+    pooled = pooled_steps(defs)
     assert "categorize_backlog" in pooled
     untagged = sorted(name for name, tags in pooled.items() if tags.get(CELERY_QUEUE_TAG) != GPU_QUEUE)
     assert not untagged, f"in a pool but not tagged with GPU_STEP_TAGS: {untagged}"

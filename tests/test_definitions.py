@@ -25,6 +25,10 @@ def _status(value) -> str | None:
     return value.value if value is not None else None
 
 
+def _label(condition) -> str | None:
+    return condition.get_label() if condition is not None else None
+
+
 def describe(definitions: dg.Definitions) -> dict:
     graph = definitions.resolve_asset_graph()
     assets = {
@@ -32,6 +36,8 @@ def describe(definitions: dg.Definitions) -> dict:
             "group": graph.get(key).group_name,
             "deps": sorted(parent.to_user_string() for parent in graph.get(key).parent_keys),
             "partitioned": graph.get(key).partitions_def is not None,
+            "automation": _label(graph.get(key).automation_condition),
+            "backfill_policy": str(graph.get(key).backfill_policy) if graph.get(key).backfill_policy else None,
         }
         for key in sorted(graph.get_all_asset_keys(), key=lambda key: key.to_user_string())
     }
@@ -56,6 +62,7 @@ def describe(definitions: dg.Definitions) -> dict:
         schedule.name: {
             "job": schedule.job_name,
             "cron": schedule.cron_schedule,
+            "timezone": schedule.execution_timezone,
             "default_status": _status(schedule.default_status),
         }
         for schedule in sorted(definitions.schedules or [], key=lambda schedule: schedule.name)

@@ -214,3 +214,14 @@ def test_sensor_counts_runs_waiting_or_started_and_never_launches_runs_that_woul
         assert len(_tick(database_url, instance, **claiming).run_requests) == 1  # a started run drains too
         instance.create_run_for_job(categorize_noticias_job, status=dg.DagsterRunStatus.STARTING)
         assert "3 runs already working" in _tick(database_url, instance, **claiming).skip_message
+
+
+def test_a_run_with_nothing_to_claim_loads_no_model(database_url, engine, model_dir):
+    """The model loads inside the step, on the first batch (after the step holds its pool slot), not before."""
+    from newsllm_pipeline.resources import noticias as noticias_resources
+
+    noticias_resources._loaded.clear()
+    categorizer = TransformersCategorizerResource(model_dir=model_dir, device="cpu")
+    result = _run({"noticias_db": NoticiasDatabase(url=database_url), "categorizer": categorizer})
+    assert result.output_for_node("categorize_backlog") == 0
+    assert not noticias_resources._loaded

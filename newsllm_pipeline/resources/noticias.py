@@ -211,9 +211,6 @@ class CategorizerResource(dg.ConfigurableResource):
 
     categories: list[str] = Field(default=list(DEFAULT_CATEGORIES))
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self.load()
-
     @property
     def compute_device(self) -> str:
         """The device whose memory the model uses in this process (for peak-memory metadata)."""
@@ -256,7 +253,9 @@ class LocalCategorizerResource(CategorizerResource):
         raise NotImplementedError
 
     def load(self):
-        """Loaded on first use and shared by every resource of the same settings in this process."""
+        """Loaded on first use (inside the step, so after its device pool's slot is held; a step that only reads
+        the categories, or a run with nothing to claim, loads nothing) and shared by every resource of the same
+        settings in this process."""
         return loaded_categorizer(self.spec())
 
     def _prompt(self, adapter_prompt: PromptSettings | None = None) -> PromptOptions:
@@ -376,6 +375,9 @@ class RemoteCategorizerResource(CategorizerResource):
     )
 
     _client = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self.load()  # cheap (one request), and a run fails at once, claiming nothing, when the server is away
 
     @property
     def compute_device(self) -> str:

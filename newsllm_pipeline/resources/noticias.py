@@ -249,14 +249,19 @@ class LocalCategorizerResource(CategorizerResource):
         "set, balanced over the 15 default categories",
     )
 
+    _spec: TransformersSpec | ExLlamaV2Spec | None = PrivateAttr(default=None)
+
     def spec(self) -> TransformersSpec | ExLlamaV2Spec:
         raise NotImplementedError
 
     def load(self):
         """Loaded on first use (inside the step, so after its device pool's slot is held; a step that only reads
         the categories, or a run with nothing to claim, loads nothing) and shared by every resource of the same
-        settings in this process."""
-        return loaded_categorizer(self.spec())
+        settings in this process. The spec (calibration file, adapter prompt, where `current` points) is read once
+        per resource, not on every batch; the model itself stays in the bounded cache, not on the resource."""
+        if self._spec is None:
+            self._spec = self.spec()
+        return loaded_categorizer(self._spec)
 
     def _prompt(self, adapter_prompt: PromptSettings | None = None) -> PromptOptions:
         """The categories and item settings; an adapter trained by `categorizer_adapter` brings the prompt it was
@@ -337,7 +342,9 @@ class TransformersCategorizerResource(LocalCategorizerResource):
         return current
 
     def with_adapter(self, adapter_dir: str | None) -> TransformersCategorizerResource:
-        return self.model_copy(update={"adapter_dir": adapter_dir, "use_current_adapter": False})
+        copy = self.model_copy(update={"adapter_dir": adapter_dir, "use_current_adapter": False})
+        copy._spec = None  # model_copy carries private state: this copy's spec is its own
+        return copy
 
 
 class ExLlamaV2CategorizerResource(LocalCategorizerResource):

@@ -12,8 +12,10 @@ one process per run):
    took), peak RSS of the daemon's process tree;
 4. with the pipeline idle, single noticias are inserted one at a time: seconds until each has its category.
 
-Each database is measured twice: with the embedded default (each run loads the model) and with the resident service
-(`newsllm categorizer-server` holds the model; runs are thin clients, NEWSLLM_BACKEND=remote).
+Each database is measured three times: with the embedded default (each run loads the model), with the resident
+service (`newsllm categorizer-server` holds the model; runs are thin clients, NEWSLLM_BACKEND=remote), and with the
+default lingering (NEWSLLM_RUN_LINGER_S=--linger-s): step 4 is then a stream, one noticia every 2 s arriving while
+the run that drained the backlog waits for more.
 
 In the same run the in-process rate is measured on the same items with the same model and settings (the site's
 categoriser from `categorizer_from_settings`, loaded once, batches of `NEWSLLM_BATCH_SIZE`): the ratio of the
@@ -21,8 +23,8 @@ end-to-end rate to it is the share of the model's speed the pipeline delivers (r
 model already loaded, and with its load counted, as `newsllm categorize` pays it). Everything runs few-shot (no
 adapter), with the default categoriser model.
 
-    .venv/bin/python benchmarks/pipeline.py [--n 500] [--databases postgresql sqlite] [--backends local remote]
-                                            [--latency-probes 2]
+    .venv/bin/python benchmarks/pipeline.py [--n 500] [--databases postgresql sqlite]
+                                            [--backends local remote lingering] [--latency-probes 2] [--linger-s 60]
     make bench
 
 Results go to --out (default benchmarks/results/pipeline.json) and are printed as a summary.
@@ -238,8 +240,11 @@ class CategorizerServer:
         self.log.close()
 
 
+BACKENDS = {"local": "model in the run", "remote": "resident service", "lingering": "model in the run, lingering"}
+
+
 def through_daemon(
-    kind: str, backend: str, items: list[dict], probes: list[dict], folder: Path, timeout_s: float
+    kind: str, backend: str, items: list[dict], probes: list[dict], folder: Path, timeout_s: float, linger_s: float
 ) -> dict:
     url = database_url(kind, folder)
     environment = site_environment(folder, url)
@@ -247,12 +252,14 @@ def through_daemon(
     if backend == "remote":
         server = CategorizerServer(environment, folder / "categorizer_server.log")
         environment.update(NEWSLLM_BACKEND="remote", NEWSLLM_CATEGORIZER_URL=server.url)
+    if backend == "lingering":
+        environment["NEWSLLM_RUN_LINGER_S"] = str(int(linger_s))
     engine = db.create_db_engine(url)
     db.upgrade(engine)
     home = folder / "dagster_home"
     home.mkdir()
     daemon = Daemon(home, environment)
-    report = {"database": kind, "backend": "resident service" if server else "model in the run", "items": len(items)}
+    report = {"database": kind, "backend": BACKENDS[backend], "items": len(items)}
     try:
         daemon.wait_ready()
         db.insert_new(engine, items)
@@ -270,15 +277,20 @@ def through_daemon(
             failed=failed,
             items_per_s=round(len(items) / total_s, 2),
         )
-        wait_until(lambda: active_runs(home) == 0, 120, daemon.sample, every_s=2)
+        # Lingering: the noticias of a stream, one every 2 s after the backlog, while the run that drained it waits.
+        # Otherwise: an idle pipeline (no run alive), one new noticia at a time.
+        stream = backend == "lingering"
         latencies = []
-        for probe in probes:  # an idle pipeline: one new noticia at a time
+        for probe in probes:
+            if stream:
+                time.sleep(2)
+            else:
+                wait_until(lambda: active_runs(home) == 0, 120, daemon.sample, every_s=2)
             before = sum(counts(engine))
             db.insert_new(engine, [probe])
-            latency = wait_until(lambda done=before: sum(counts(engine)) > done, timeout_s, daemon.sample)
+            latency = wait_until(lambda done=before: sum(counts(engine)) > done, timeout_s, daemon.sample, every_s=0.05)
             latencies.append(round(latency, 1) if latency is not None else None)
-            wait_until(lambda: active_runs(home) == 0, 120, daemon.sample, every_s=2)
-        report["single_item_latency_s"] = latencies
+        report["stream_item_latency_s" if stream else "single_item_latency_s"] = latencies
     finally:
         daemon.stop()
         engine.dispose()
@@ -304,10 +316,12 @@ def main() -> None:
     parser.add_argument(
         "--backends",
         nargs="+",
-        default=["local", "remote"],
-        choices=["local", "remote"],
-        help="local: each run loads the model; remote: runs call a resident categoriser server",
+        default=list(BACKENDS),
+        choices=list(BACKENDS),
+        help="local: each run loads the model; remote: runs call a resident categoriser server; lingering: local "
+        "with NEWSLLM_RUN_LINGER_S, the probes then a stream arriving while the run waits",
     )
+    parser.add_argument("--linger-s", type=float, default=60, help="NEWSLLM_RUN_LINGER_S of the lingering backend")
     parser.add_argument("--latency-probes", type=int, default=2, help="single noticias inserted on an idle pipeline")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for a backlog")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -324,7 +338,7 @@ def main() -> None:
             for backend in args.backends:
                 folder = Path(scratch) / f"{kind}-{backend}"
                 folder.mkdir()
-                pipelines.append(through_daemon(kind, backend, items, probes, folder, args.timeout))
+                pipelines.append(through_daemon(kind, backend, items, probes, folder, args.timeout, args.linger_s))
     for report in pipelines:
         report["ratio_to_in_process"] = round(report["items_per_s"] / in_process["items_per_s"], 2)
         report["ratio_to_in_process_with_load"] = round(report["items_per_s"] / in_process["items_per_s_with_load"], 2)
@@ -333,6 +347,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "packages": package_versions(["dagster", "torch", "transformers", "sqlalchemy", "psycopg"]),
         "n": args.n,
+        "linger_s": args.linger_s,
         "in_process": in_process,
         "pipelines": pipelines,
     }
@@ -343,7 +358,8 @@ def main() -> None:
             "× in-process": report["ratio_to_in_process"],
             "× in-process with load": report["ratio_to_in_process_with_load"],
             "first category s": report["first_category_s"],
-            "single item s": report["single_item_latency_s"],
+            "single item s": report.get("single_item_latency_s", ""),
+            "stream item s": report.get("stream_item_latency_s", ""),
             "runs": report["runs"],
             "overhead/run s": report["per_run_overhead_s"],
             "peak RSS GiB": report["peak_rss_gib"],

@@ -131,7 +131,7 @@ def ingest(feeds, database_url):
 )
 @click.option("--adapter", "adapter_dir", default=None, help="LoRA adapter folder (default: the current one, if any)")
 @click.option("--backend", default=None, type=click.Choice(["transformers", "exllamav2"]), help="NEWSLLM_BACKEND")
-@click.option("--device", default=None, help="Default: NEWSLLM_DEVICE, else auto")
+@click.option("--device", default=None, help="Default: NEWSLLM_CATEGORIZE_DEVICE, else auto")
 @click.option("--batch-size", type=int, default=None, help="Items per forward pass (local backends; default 16)")
 def categorize(input_path, output_path, model_dir, adapter_dir, backend, device, batch_size):
     """Categorise IN.jsonl (lines with titulo and resumen; other fields pass through) into --out,
@@ -417,7 +417,7 @@ def vision_server(
 @click.option("--port", default=8100, show_default=True)
 @click.option("--model", default=None, help="Model folder (default: NEWSLLM_CATEGORIZER_MODEL_DIR)")
 @click.option("--adapter", default=None, help="LoRA adapter folder (default: NEWSLLM_ADAPTER_DIR, else the current)")
-@click.option("--device", default=None, help="Default: NEWSLLM_DEVICE, else auto")
+@click.option("--device", default=None, help="Default: NEWSLLM_CATEGORIZE_DEVICE, else auto")
 @click.option("--no-auth", is_flag=True, help="Serve without a token (trusted networks only)")
 def categorizer_server(host, port, model, adapter, device, no_auth):
     """Hold the site's categoriser (NEWSLLM_BACKEND and the other NEWSLLM_* settings) loaded and serve it over HTTP,

@@ -1,8 +1,9 @@
 """Where steps run when one machine is not enough: Dagster's distributed engines, configured by files in deploy/.
 
-- Steps that load a model (the ops and assets in pool `gpu`) carry GPU_STEP_TAGS: on Celery they go to the `gpu`
-  queue, which only the GPU machines' workers take (every other step goes to `default`); on Kubernetes with the
-  k8s_job_executor each is a pod on a GPU node holding one card (deploy/k8s/gpu-step.yaml).
+- Steps that load a model on a card (the ops and assets in a `cuda:N` pool, resources/devices.py) carry
+  GPU_STEP_TAGS: on Celery they go to the `gpu` queue, which only the GPU machines' workers take (every other step
+  goes to `default`); on Kubernetes with the k8s_job_executor each is a pod on a GPU node holding one card
+  (deploy/k8s/gpu-step.yaml).
 - `on_celery(job)` is a job again with every step sent to a Celery worker, with the broker, result backend and
   default queue of deploy/celery/celery.yaml, the file the workers start with too. The variants exist where the
   `distributed` extra (dagster-celery) is installed.
@@ -14,6 +15,7 @@ import dagster as dg
 import yaml
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from .resources.devices import role_pool
 from .settings import CHECKOUT
 
 DEPLOY = CHECKOUT / "deploy"
@@ -30,6 +32,11 @@ def _read_yaml(path) -> dict:
 
 
 GPU_STEP_TAGS = {CELERY_QUEUE_TAG: GPU_QUEUE, K8S_CONFIG_TAG: _read_yaml(K8S_GPU_STEP_CONFIG)}
+
+
+def device_step_tags(role: str) -> dict:
+    """The tags of a step that runs `role`'s models: on a card, GPU_STEP_TAGS; on the CPU none (default queue)."""
+    return {} if role_pool(role) == "cpu" else GPU_STEP_TAGS
 
 
 def celery_executor_config() -> dict:
@@ -63,11 +70,12 @@ def on_celery(*jobs: dg.JobDefinition | UnresolvedAssetJobDefinition) -> list:
     return variants
 
 
-def pooled_steps(definitions: dg.Definitions) -> dict[str, dict]:
-    """Every step that holds a device (an op in a concurrency pool), with its tags: what must reach the GPU queue."""
+def card_steps(definitions: dg.Definitions) -> dict[str, dict]:
+    """Every step that runs a model on a card (an op in a `cuda:N` pool), with its tags: what must reach the GPU
+    queue."""
     return {
         node.name: dict(node.definition.tags)
         for job in definitions.resolve_all_job_defs()
         for node in job.nodes_in_topological_order
-        if node.definition.pool
+        if (node.definition.pool or "").startswith("cuda:")
     }

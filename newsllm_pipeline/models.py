@@ -180,11 +180,12 @@ def resolve_device(device: str) -> str:
 
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     """'auto': bf16 on CUDA and on CPUs with native bf16 matmuls (AVX512-BF16/AMX: twice the fp32
-    rate here), else fp32."""
+    rate here), else fp32. The precision names of the device settings ('bf16', 'fp16', 'fp32') are accepted."""
     import torch
 
     if dtype != "auto":
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        dtypes.update(fp32=torch.float32, bf16=torch.bfloat16, fp16=torch.float16)
         if dtype not in dtypes:
             raise ValueError(f"unknown dtype {dtype!r}: use auto, {', '.join(dtypes)}")
         return dtypes[dtype]

@@ -72,6 +72,26 @@ def _home(*parts: str) -> Callable[[], str]:
     return lambda: str(PROJECT_HOME.joinpath(*parts))
 
 
+def _device(role: str, what: str, fallback: str | None = None) -> list[Setting]:
+    """NEWSLLM_<ROLE>_DEVICE, _PRECISION and _MEMORY_GIB: the `<role>_device` resource (resources/devices.py)."""
+    role, fallback = role.upper(), fallback and fallback.upper()
+    return [
+        Setting(
+            f"{role}_DEVICE",
+            "auto",
+            f"{what}: 'auto', 'cpu', 'cuda', 'cuda:1'… (read at load: the steps' concurrency pool is the device's)",
+            fallback=fallback and f"{fallback}_DEVICE",
+        ),
+        Setting(
+            f"{role}_PRECISION",
+            "auto",
+            f"{what}: precision 'auto', 'bf16', 'fp16' (CUDA), 'fp32'",
+            fallback=fallback and f"{fallback}_PRECISION",
+        ),
+        Setting(f"{role}_MEMORY_GIB", "", f"{what}: GiB of the card a step may use (empty: all; read at load)"),
+    ]
+
+
 SETTINGS: dict[str, Setting] = {
     entry.name: entry
     for entry in [
@@ -84,6 +104,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("MAX_ATTEMPTS", "3", "An item that failed this many times is not claimed again until reset"),
         Setting("BATCH_SIZE", "10", "Noticias a categorisation run claims and commits together"),
         Setting("RUN_TIME_BUDGET_S", "300", "A categorisation run stops claiming batches after this many seconds"),
+        Setting("RUN_LINGER_S", "0", "An idle categorisation run waits this many seconds for new noticias"),
         Setting("MAX_PARALLEL_RUNS", "1", "Most categorisation runs working at once"),
         Setting("SENSOR_INTERVAL_S", "5", "Seconds between the categorisation sensor's ticks (read at load)"),
         Setting(
@@ -100,7 +121,7 @@ SETTINGS: dict[str, Setting] = {
         ),
         Setting("ADAPTER_DIR", "", "A categoriser LoRA adapter to use instead of the current one"),
         Setting("USE_CURRENT_ADAPTER", "1", "Use the categoriser adapter trained last (0 switches it off)"),
-        Setting("DEVICE", "auto", "Categoriser device: 'auto', 'cpu', 'cuda', 'cuda:1'…"),
+        *_device("categorize", "Categorisation runs"),
         Setting("GPU_SPLIT", "", "exllamav2: GB per GPU, e.g. '20,24' (empty: autosplit; read at load)"),
         Setting("CACHE_TYPE", "fp16", "exllamav2 KV cache: FP16 or Q4 (any case)"),
         Setting("MAX_SEQ_LEN", "4096", "exllamav2 cache length in tokens"),
@@ -123,17 +144,22 @@ SETTINGS: dict[str, Setting] = {
         Setting("VISION_API_KEY", "", "openai describer: bearer token"),
         Setting("VISION_TOKEN", "", "The vision server's own bearer token (`newsllm serve-vision`)"),
         Setting("VISION_SERVER", "http://127.0.0.1:8000", "Where `newsllm vision-client` finds the vision server"),
+        *_device("describe", "Docling, the picture describer and the dataset's text generator"),
         Setting(
-            "GENERATOR_MODEL_DIR", lambda: str(DEFAULT_MODEL_DIR), "Model of the `llm` dataset strategy",
+            "GENERATOR_MODEL_DIR",
+            lambda: str(DEFAULT_MODEL_DIR),
+            "Model of the `llm` dataset strategy",
             fallback="MODEL_DIR",
         ),
         # training
         Setting(
-            "TRAIN_BASE_MODEL_DIR", lambda: str(DEFAULT_MODEL_DIR), "Base model document adapters are trained on",
+            "TRAIN_BASE_MODEL_DIR",
+            lambda: str(DEFAULT_MODEL_DIR),
+            "Base model document adapters are trained on",
             fallback="MODEL_DIR",
         ),
-        Setting("TRAIN_DEVICE", "auto", "Training device: 'auto', 'cpu', 'cuda', 'cuda:1'…"),
-        Setting("TRAIN_PRECISION", "auto", "Training precision: 'auto', 'fp32', 'bf16', 'fp16'"),
+        *_device("train", "Adapter training"),
+        *_device("evaluate", "Adapter evaluations (default: the training device's settings)", fallback="train"),
         Setting("ADAPTERS_DIR", _home("models", "lora_adapters"), "Document adapters, one folder per version"),
         Setting(
             "CATEGORIZER_ADAPTERS_DIR",

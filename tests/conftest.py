@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from PIL import Image, ImageDraw, ImageFont
 
 from newsllm_pipeline import db
+from newsllm_pipeline.resources.devices import ROLES, device_resources
 
 TESTS = Path(__file__).parent
 FEEDS = TESTS / "data" / "feeds"
@@ -67,6 +68,11 @@ def engine(database_url):
     engine.dispose()
 
 
+def site_devices() -> dict:
+    """Every `<role>_device` resource as the site's settings make them (here: `auto`, card 0's pool, the CPU)."""
+    return device_resources(*ROLES)
+
+
 def sample_rows(count: int, prefix: str = "n") -> list[dict]:
     """Realistic short news rows for database tests."""
     topics = [
@@ -98,7 +104,7 @@ def model_dir() -> str:
 def categorizer(model_dir):
     from newsllm_pipeline.resources.noticias import TransformersCategorizerResource
 
-    resource = TransformersCategorizerResource(model_dir=model_dir, device="cpu")
+    resource = TransformersCategorizerResource(model_dir=model_dir, device="auto")
     resource.load()
     return resource
 

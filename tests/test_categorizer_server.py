@@ -23,7 +23,7 @@ from newsllm_pipeline.cli import main
 from newsllm_pipeline.jobs.noticias import categorize_noticias_job
 from newsllm_pipeline.resources.noticias import NoticiasDatabase, RemoteCategorizerResource, categorizer_from_settings
 from newsllm_pipeline.serving.server import free_port, running_in_process
-from tests.conftest import sample_rows
+from tests.conftest import sample_rows, site_devices
 
 TOKEN = "token-del-categorizador-4b1e"
 
@@ -82,6 +82,7 @@ def test_a_run_with_the_remote_categoriser_categorises_the_rows(server_url, tmp_
     resources = {
         "noticias_db": NoticiasDatabase(url=database_url),
         "categorizer": RemoteCategorizerResource(url=server_url, token=TOKEN),
+        **site_devices(),
     }
     result = categorize_noticias_job.execute_in_process(
         run_config={"ops": {"categorize_backlog": {"config": {"batch_size": 5}}}}, resources=resources
@@ -115,6 +116,7 @@ def test_with_the_server_down_a_run_fails_and_its_rows_stay_unclaimed(tmp_path):
     resources = {
         "noticias_db": NoticiasDatabase(url=database_url),
         "categorizer": RemoteCategorizerResource(url=down, retries=0),
+        **site_devices(),
     }
     with pytest.raises(dg.DagsterResourceFunctionError) as failed:  # the resource checks the server at start
         categorize_noticias_job.execute_in_process(resources=resources)
@@ -134,12 +136,17 @@ NO_TORCH_RUN = """
 import sys
 from newsllm_pipeline import db
 from newsllm_pipeline.jobs.noticias import categorize_noticias_job
+from newsllm_pipeline.resources.devices import device_resources
 from newsllm_pipeline.resources.noticias import NoticiasDatabase, categorizer_from_settings
 
 engine = db.create_db_engine(sys.argv[1])
 db.upgrade(engine)
 db.insert_new(engine, [{"titulo": "El Valencia gana", "resumen": "", "url": "https://x.example/1", "fuente": "X"}])
-resources = {"noticias_db": NoticiasDatabase(url=sys.argv[1]), "categorizer": categorizer_from_settings()}
+resources = {
+    "noticias_db": NoticiasDatabase(url=sys.argv[1]),
+    "categorizer": categorizer_from_settings(),
+    **device_resources("categorize"),
+}
 assert categorize_noticias_job.execute_in_process(resources=resources).output_for_node("categorize_backlog") == 1
 print(sorted(name for name in ("torch", "transformers", "docling") if name in sys.modules))
 """
@@ -161,7 +168,7 @@ def test_settings_choose_the_remote_backend_and_the_server_needs_a_token(monkeyp
     monkeypatch.setenv("NEWSLLM_CATEGORIZER_URL", "http://gpu-host:8100")
     resource = categorizer_from_settings(resolve_now=True)
     assert isinstance(resource, RemoteCategorizerResource) and resource.url == "http://gpu-host:8100"
-    assert resource.compute_device == "cpu"
+    assert not resource.runs_here  # its model is the server's: a step measures and frees nothing here
     with pytest.raises(ValueError, match="takes no model_dir"):
         categorizer_from_settings(resolve_now=True, model_dir="models/x")
     monkeypatch.delenv("NEWSLLM_CATEGORIZER_TOKEN", raising=False)

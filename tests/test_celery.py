@@ -23,8 +23,8 @@ from newsllm_pipeline.deployment import (
     CELERY_QUEUE_TAG,
     GPU_QUEUE,
     GPU_STEP_TAGS,
+    card_steps,
     celery_executor_config,
-    pooled_steps,
 )
 from newsllm_pipeline.documents.chain import document_key
 from newsllm_pipeline.processes import BIN, LoggedProcess
@@ -36,12 +36,12 @@ RUN_TIMEOUT_S = 180  # a step no worker takes would keep the run waiting
 SERVICES = {"RabbitMQ": ("127.0.0.1", 5672), "Redis": ("127.0.0.1", 6379)}
 
 
-def test_every_step_that_holds_a_device_goes_to_the_gpu_queue():
-    """Ops in a concurrency pool (a device's) carry the GPU step tags: the Celery queue and the Kubernetes GPU."""
-    pooled = pooled_steps(defs)
+def test_every_step_that_holds_a_card_goes_to_the_gpu_queue():
+    """Ops in a card's concurrency pool carry the GPU step tags: the Celery queue and the Kubernetes GPU."""
+    pooled = card_steps(defs)
     assert "categorize_backlog" in pooled
     untagged = sorted(name for name, tags in pooled.items() if tags.get(CELERY_QUEUE_TAG) != GPU_QUEUE)
-    assert not untagged, f"in a pool but not tagged with GPU_STEP_TAGS: {untagged}"
+    assert not untagged, f"in a card's pool but not tagged with GPU_STEP_TAGS: {untagged}"
     assert {CELERY_QUEUE_TAG: GPU_QUEUE}.items() <= GPU_STEP_TAGS.items()
 
 
@@ -66,7 +66,6 @@ def site(tmp_path, model_dir, monkeypatch):
         "NEWSLLM_DATABASE_URL": f"sqlite:///{tmp_path / 'noticias.db'}",
         "NEWSLLM_CATEGORIZER_MODEL_DIR": model_dir,
         "NEWSLLM_CATEGORIZER_ADAPTERS_DIR": str(tmp_path / "adapters"),
-        "NEWSLLM_DEVICE": "cpu",
         "NEWSLLM_INBOX_DIR": str(inbox),
         "NEWSLLM_DOCUMENTS_DIR": str(tmp_path / "documents"),
         "NEWSLLM_DATASET_DIR": str(tmp_path / "dataset"),

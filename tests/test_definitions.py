@@ -1,7 +1,7 @@
 """The code location as a whole: what a person sees in the UI must not change without anyone noticing.
 
-A change to an asset, its dependencies or group, a check, a job, a sensor, a schedule, a default state or a
-resource fails here until the snapshot is updated on purpose:
+A change to an asset, its dependencies or group, a check, a job (its steps' device pools too), a sensor, a
+schedule, a default state or a resource fails here until the snapshot is updated on purpose:
     NEWSLLM_UPDATE_SNAPSHOT=1 .venv/bin/python -m pytest tests/test_definitions.py
 """
 
@@ -44,6 +44,10 @@ def describe(definitions: dg.Definitions) -> dict:
     jobs = {
         job.name: {
             "ops": sorted(node.name for node in job.nodes_in_topological_order),
+            # The device pool of each step that runs a model (resources/devices.py).
+            "pools": {
+                node.name: node.definition.pool for node in job.nodes_in_topological_order if node.definition.pool
+            },
             "executor": job.executor_def.name,
             "partitioned": job.partitions_def is not None,
         }

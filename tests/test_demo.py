@@ -31,7 +31,7 @@ from newsllm_pipeline.resources.documents import (
     TextGeneratorResource,
 )
 from newsllm_pipeline.settings import CHECKOUT
-from tests.conftest import FEEDS
+from tests.conftest import FEEDS, site_devices
 from tests.test_dataset import SHARED_PDFS
 
 
@@ -73,6 +73,7 @@ def document_definitions(home: str | Path, model_dir: str) -> dg.Definitions:
             "docling_converter": DoclingConverterResource(mode="offline"),
             "image_describer": OcrDescriberResource(),
             "text_generator": TextGeneratorResource(model_dir=model_dir),
+            **site_devices(),
         },
     )
 
@@ -112,9 +113,12 @@ def test_the_daemon_does_not_process_the_demo_documents_again(tmp_path, model_di
         demo_runs = instance.get_runs_count()
         with create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget(origin), instance) as workspace:
             list(execute_sensor_iteration(workspace, logging.getLogger("daemon"), None, None))
-            sensor = workspace.create_request_context().get_code_location("demo").get_repository(
-                SINGLETON_REPOSITORY_NAME
-            ).get_sensor(raw_documents_sensor.name)
+            sensor = (
+                workspace.create_request_context()
+                .get_code_location("demo")
+                .get_repository(SINGLETON_REPOSITORY_NAME)
+                .get_sensor(raw_documents_sensor.name)
+            )
             [tick] = instance.get_ticks(sensor.get_remote_origin_id(), sensor.selector_id)
         assert tick.status == TickStatus.SKIPPED, tick
         assert instance.get_runs_count() == demo_runs

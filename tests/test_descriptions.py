@@ -265,6 +265,7 @@ def test_each_describer_resource_has_only_its_own_fields():
     assert set(TransformersDescriberResource.model_fields) == shared | {
         "model",
         "device",
+        "dtype",
         "max_new_tokens",
         "load_in_8bit",
     }

@@ -24,6 +24,7 @@ from newsllm_pipeline.resources.documents import (
     OcrDescriberResource,
     TextGeneratorResource,
 )
+from tests.conftest import site_devices
 
 SHARED_PDFS = Path(__file__).resolve().parents[2] / "shared" / "data" / "pdfs"
 CHAIN = [raw_documents, docling_markdown, image_descriptions, described_markdown]
@@ -48,6 +49,7 @@ def resources(store, model_dir):
         "docling_converter": DoclingConverterResource(mode="offline"),
         "image_describer": OcrDescriberResource(),
         "text_generator": TextGeneratorResource(model_dir=model_dir, max_new_tokens=24),
+        **site_devices(),
     }
 
 
@@ -143,6 +145,7 @@ def test_a_batch_goes_on_past_a_broken_document_and_names_it(tmp_path):
         "document_store": store,
         "docling_converter": DoclingConverterResource(mode="offline"),
         "image_describer": OcrDescriberResource(),
+        **site_devices(),
     }
     keys = ["agua_md", "roto_informe_pdf", "energia_md"]
     with dg.instance_for_test() as instance:

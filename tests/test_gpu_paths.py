@@ -23,6 +23,7 @@ from newsllm_pipeline.resources.training import LoraTrainerResource
 from newsllm_pipeline.training.lora import PROFILES, Precision, alpaca_records, resolve_precision, train_lora
 from newsllm_pipeline.training.trainer import load_training_base, lora_model, parameter_dtypes
 from newsllm_pipeline.training.trainer_args import cuda_index
+from tests.conftest import site_devices
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and a CUDA build of torch")
@@ -164,7 +165,6 @@ def test_gpu_training_steps_report_their_peak_device_memory(model_dir, tmp_path)
     dataset_dir = write_dataset(build_dataset(examples, eval_share=0.3), tmp_path / "dataset").folder
     trainer = LoraTrainerResource(
         model_dir=model_dir,
-        device="cuda",
         adapters_dir=str(tmp_path / "adapters"),
         categorizer_adapters_dir=str(tmp_path / "categorizer_adapters"),
         categorizer_dataset_dir=str(tmp_path / "categorizer_dataset"),
@@ -178,7 +178,7 @@ def test_gpu_training_steps_report_their_peak_device_memory(model_dir, tmp_path)
     }
     result = dg.materialize(
         [training_assets.lora_adapter, training_assets.adapter_evaluation],
-        resources={"lora_trainer": trainer, "document_store": store},
+        resources={"lora_trainer": trainer, "document_store": store, **site_devices()},  # auto: card 0
         run_config=run_config,
         raise_on_error=False,  # adapter_beats_base blocks the run when a two-step adapter loses; not measured here
     )

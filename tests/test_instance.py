@@ -84,7 +84,7 @@ def test_the_daemon_keeps_ticks_runs_and_events_in_postgresql(postgres_home, tmp
         "NEWSLLM_INBOX_DIR": str(tmp_path / "inbox"),
         "NEWSLLM_CATEGORIZER_MODEL_DIR": model_dir,
         "NEWSLLM_CATEGORIZER_ADAPTERS_DIR": str(tmp_path / "adapters"),
-        "NEWSLLM_DEVICE": "cpu",
+        "NEWSLLM_CATEGORIZE_DEVICE": "cpu",
         "NEWSLLM_SENSOR_INTERVAL_S": "1",
     }
     with dagster_daemon(home, site) as daemon:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import dagster as dg
 import pytest
@@ -18,7 +19,7 @@ from newsllm_pipeline.jobs.noticias import (
     uncategorized_noticias_sensor,
 )
 from newsllm_pipeline.resources.noticias import NoticiasDatabase, TransformersCategorizerResource
-from tests.conftest import FEEDS, sample_rows
+from tests.conftest import FEEDS, sample_rows, site_devices
 
 
 def _rows(engine):
@@ -35,7 +36,7 @@ def _run(resources, batch_size=10, **config):
 
 @pytest.fixture
 def resources(database_url, categorizer):
-    return {"noticias_db": NoticiasDatabase(url=database_url), "categorizer": categorizer}
+    return {"noticias_db": NoticiasDatabase(url=database_url), "categorizer": categorizer, **site_devices()}
 
 
 def test_feeds_to_categorised_rows_end_to_end(resources, engine):
@@ -124,6 +125,24 @@ def test_a_run_stopped_mid_backlog_keeps_its_committed_batches_and_releases_the_
     assert database.count_claimable() == 15  # the next run takes them
 
 
+def test_a_lingering_run_takes_noticias_that_arrive_after_the_backlog_is_empty(database_url, engine, categorizer):
+    """A steady stream needs no new run per arrival: the run that emptied the backlog keeps its model and takes
+    the newcomers; once nothing came for `linger_s` it ends."""
+    db.insert_new(engine, sample_rows(3))
+    late = threading.Timer(1.0, db.insert_new, (engine, sample_rows(4, prefix="late")))
+    late.start()
+    database = NoticiasDatabase(url=database_url)
+    started = time.monotonic()
+    outcomes = list(drain(database.claim("run-1", 10), categorizer.categorize, time_budget_s=600, linger_s=3.0))
+    took = time.monotonic() - started
+    late.join()
+    assert [len(outcome.claimed) for outcome in outcomes] == [3, 4]
+    assert all(row["llm_processed"] for row in _rows(engine))
+    assert 4.0 <= took < 20.0  # one second's wait, two batches, then three idle seconds
+    with_budget = list(drain(database.claim("run-2", 10), categorizer.categorize, time_budget_s=0.5, linger_s=60))
+    assert with_budget == [] and time.monotonic() - started - took < 5.0  # the budget ends lingering too
+
+
 def test_an_answer_that_is_not_a_category_is_recorded_as_failed_and_retried_up_to_the_limit(
     database_url, engine, model_dir
 ):
@@ -132,6 +151,7 @@ def test_an_answer_that_is_not_a_category_is_recorded_as_failed_and_retried_up_t
         "categorizer": TransformersCategorizerResource(
             model_dir=model_dir, method="generate", categories=["Xqzvblorp", "Wrrk"]
         ),
+        **site_devices(),
     }
     db.insert_new(engine, sample_rows(1))
     for attempt in (1, 2):
@@ -222,6 +242,6 @@ def test_a_run_with_nothing_to_claim_loads_no_model(database_url, engine, model_
 
     noticias_resources._loaded.clear()
     categorizer = TransformersCategorizerResource(model_dir=model_dir, device="cpu")
-    result = _run({"noticias_db": NoticiasDatabase(url=database_url), "categorizer": categorizer})
+    result = _run({"noticias_db": NoticiasDatabase(url=database_url), "categorizer": categorizer, **site_devices()})
     assert result.output_for_node("categorize_backlog") == 0
     assert not noticias_resources._loaded

@@ -11,7 +11,7 @@ from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 
 from newsllm_pipeline.definitions import defs
-from newsllm_pipeline.deployment import DEPLOY, K8S_CONFIG_TAG, pooled_steps
+from newsllm_pipeline.deployment import DEPLOY, K8S_CONFIG_TAG, card_steps
 
 dagster_k8s = pytest.importorskip("dagster_k8s", reason="the `distributed` extra is not installed")
 from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config  # noqa: E402
@@ -46,7 +46,7 @@ def test_the_executor_file_is_the_k8s_job_executors_configuration():
 
 
 def test_a_gpu_steps_pod_holds_one_card_on_a_gpu_node():
-    gpu_steps = pooled_steps(defs)
+    gpu_steps = card_steps(defs)
     assert gpu_steps
     job_config = DagsterK8sJobConfig(job_image="registry.example/newsllm:1", dagster_home="/opt/dagster/dagster_home")
     for name, tags in gpu_steps.items():

@@ -20,6 +20,7 @@ from newsllm_pipeline.resources.training import LoraTrainerResource
 from newsllm_pipeline.training.lora import PROFILES, TrainingRun, alpaca_records, learnable_records, train_lora
 from newsllm_pipeline.training.record import TrainingRecord
 from newsllm_pipeline.training.trainer import LengthBucketSampler
+from tests.conftest import site_devices
 
 FEEDS = Path(__file__).parent.parent / "data" / "feeds"
 TINY = {"max_steps": 2, "batch_size": 2, "max_length": 256, "save_steps": 1}
@@ -62,8 +63,6 @@ def dataset_dir(tmp_path) -> Path:
 def _trainer(model_dir: str, tmp_path: Path) -> LoraTrainerResource:
     return LoraTrainerResource(
         model_dir=model_dir,
-        device="cpu",
-        precision="auto",
         adapters_dir=str(tmp_path / "adapters"),
         categorizer_adapters_dir=str(tmp_path / "categorizer_adapters"),
         categorizer_dataset_dir=str(tmp_path / "categorizer_dataset"),
@@ -115,7 +114,7 @@ def test_packed_rows_do_not_attend_across_examples(model_dir):
 
 @pytest.mark.slow
 def test_lora_adapter_trains_reuses_and_evaluates_through_dagster(model_dir, dataset_dir, tmp_path):
-    resources = {"lora_trainer": _trainer(model_dir, tmp_path), "document_store": _store(dataset_dir)}
+    resources = {"lora_trainer": _trainer(model_dir, tmp_path), "document_store": _store(dataset_dir), **site_devices()}
     run_config = {
         "ops": {
             "lora_adapter": {"config": TINY},
@@ -260,6 +259,7 @@ def test_categorizer_adapter_trains_on_trusted_labels_and_changes_the_scores(mod
         "noticias_db": NoticiasDatabase(url=url),
         "categorizer": TransformersCategorizerResource(model_dir=model_dir, device="cpu"),
         "lora_trainer": trainer,
+        **site_devices(),
     }
     assets = [
         training_assets.categorizer_training_set,

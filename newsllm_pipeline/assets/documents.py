@@ -13,6 +13,7 @@ import pandas as pd
 from pydantic import Field
 
 from ..automation import after_inputs_change
+from ..deployment import device_step_tags
 from ..documents.chain import extracted_images, write_described_markdown
 from ..documents.dataset import (
     AnswerDefects,
@@ -25,6 +26,7 @@ from ..documents.dataset import (
 )
 from ..documents.synthesis import synthesize_examples
 from ..files import sha256_hex, staged_folder
+from ..resources.devices import ComputeDevice, role_pool
 from ..resources.documents import (
     DoclingConverterResource,
     DocumentStore,
@@ -92,14 +94,20 @@ def raw_documents(context: dg.AssetExecutionContext, document_store: DocumentSto
     group_name=GROUP,
     deps=[raw_documents],
     kinds={"docling"},
+    pool=role_pool("describe"),
+    op_tags=device_step_tags("describe"),
     description="texto.md with every picture saved as a PNG under imagenes_extraidas/, plus Docling's JSON.",
 )
 def docling_markdown(
-    context: dg.AssetExecutionContext, document_store: DocumentStore, docling_converter: DoclingConverterResource
+    context: dg.AssetExecutionContext,
+    document_store: DocumentStore,
+    docling_converter: DoclingConverterResource,
+    describe_device: ComputeDevice,
 ) -> dg.MaterializeResult:
     from ..documents.conversion import DocumentConversionError, convert_document
 
     mode, reason = docling_converter.resolved_mode()
+    docling_converter = docling_converter.on(describe_device)
 
     def convert(key: str) -> dict:
         context.log.info(f"converting {key} in {mode} mode ({reason})")
@@ -124,8 +132,10 @@ def docling_markdown(
             "preview": _preview(markdown),
         }
 
-    each_document(context, convert)
-    return dg.MaterializeResult()
+    # Docling's own models (standard mode) run on the describe_device; the offline engine measures nothing there.
+    with describe_device.step(context, docling_converter, measure=mode == "standard") as placement:
+        each_document(context, convert)
+    return dg.MaterializeResult(metadata=placement)
 
 
 @dg.asset(
@@ -133,15 +143,19 @@ def docling_markdown(
     backfill_policy=documents_backfill_policy,
     group_name=GROUP,
     deps=[docling_markdown],
+    pool=role_pool("describe"),
+    op_tags=device_step_tags("describe"),
     description="One description per extracted picture (JSON and Markdown per image), with the document's caption "
     "and text around it; tiny pictures are skipped, and pictures with nothing usable to say are left out.",
 )
 def image_descriptions(
-    context: dg.AssetExecutionContext, document_store: DocumentStore, image_describer: ImageDescriberResource
+    context: dg.AssetExecutionContext,
+    document_store: DocumentStore,
+    image_describer: ImageDescriberResource,
+    describe_device: ComputeDevice,
 ) -> dg.MaterializeResult:
     from ..documents.chain import DESCRIPTIONS_DIR, describe_document_images
     from ..documents.descriptions import write_descriptions
-
 
     def describe(key: str) -> dict:
         folder = document_store.folder(key)
@@ -171,8 +185,10 @@ def image_descriptions(
             "descriptions": dg.MetadataValue.md(table.to_markdown(index=False)),
         }
 
-    each_document(context, describe)
-    return dg.MaterializeResult()
+    image_describer = image_describer.on(describe_device)
+    with describe_device.step(context, image_describer, measure=image_describer.runs_here) as placement:
+        each_document(context, describe)
+    return dg.MaterializeResult(metadata=placement)
 
 
 @dg.asset(
@@ -266,6 +282,8 @@ def _dataset_checks(dataset: Dataset, defects: AnswerDefects, config: TrainingDa
     check_specs=DATASET_CHECKS,
     # Rebuilt once described documents changed and none is still in a run: once after a backfill, not per batch.
     automation_condition=after_inputs_change(),
+    pool=role_pool("describe"),  # the `llm` strategy's text generator
+    op_tags=device_step_tags("describe"),
     description="All described documents as an alpaca instruction dataset (JSONL, Parquet, dataset_info.json).",
 )
 def training_dataset(
@@ -273,6 +291,7 @@ def training_dataset(
     config: TrainingDatasetConfig,
     document_store: DocumentStore,
     text_generator: TextGeneratorResource,
+    describe_device: ComputeDevice,
 ) -> dg.MaterializeResult:
     from ..documents.chain import FINAL_MARKDOWN_NAME
 
@@ -292,15 +311,18 @@ def training_dataset(
     if config.strategy == "sections":
         examples = examples_from_sections(sections, config.min_output_chars, config.max_output_chars)
     elif config.strategy == "llm":
-        run = synthesize_examples(
-            sections,
-            text_generator.generator(),
-            max_examples=config.max_examples,
-            min_grounding=config.min_grounding,
-            progress=lambda done, total: context.log.info(f"synthesised {done}/{total} chunks"),
-        )
+        text_generator = text_generator.on(describe_device)
+        with describe_device.step(context, text_generator) as placement:
+            run = synthesize_examples(
+                sections,
+                text_generator.generator(),
+                max_examples=config.max_examples,
+                min_grounding=config.min_grounding,
+                progress=lambda done, total: context.log.info(f"synthesised {done}/{total} chunks"),
+            )
         examples = run.examples
         synthesis = {
+            **placement,
             "chunks": run.chunks,
             "kept": len(run.examples),
             "unparseable": run.unparseable,

@@ -1,5 +1,6 @@
 """LoRA specialisation: the document adapter and its evaluation, and the categoriser's own training set, adapter
-and evaluation. Training runs on the hardware of the `lora_trainer` resource, one run at a time per GPU pool."""
+and evaluation. Training runs on the `train_device`, evaluations on the `evaluate_device`, each step in the
+concurrency pool of its device (resources/devices.py)."""
 
 import dataclasses
 from pathlib import Path
@@ -12,12 +13,12 @@ from ..automation import after_inputs_change, nightly_after_inputs_change
 from ..categorizer import Prediction
 from ..categorizer.adapter import PROMPT_SETTINGS, PromptSettings, accuracy_report, adapter_records
 from ..categorizer.training_set import build_labelled_set, read_labelled_split, with_real_items, write_labelled_set
-from ..deployment import GPU_STEP_TAGS
-from ..device_memory import peak_device_memory
+from ..deployment import device_step_tags
 from ..documents.dataset import DatasetFiles
 from ..files import content_version, read_jsonl
 from ..models import resolve_model_dir
 from ..plots import chart_markdown
+from ..resources.devices import ComputeDevice, role_pool
 from ..resources.documents import DocumentStore
 from ..resources.noticias import CategorizerResource, NoticiasDatabase
 from ..resources.training import LoraTrainerResource
@@ -162,25 +163,33 @@ def _training_metadata(run: TrainingRun) -> dict:
 
 
 def _train(
-    context, config: LoraTrainingConfig, trainer: LoraTrainerResource, kind: str, records, base_model=None, **options
+    context,
+    config: LoraTrainingConfig,
+    trainer: LoraTrainerResource,
+    device: ComputeDevice,
+    kind: str,
+    records,
+    base_model=None,
+    **options,
 ):
-    """Train (or reuse) the adapter of `kind` on `base_model` (default: the trainer's) and make it the current
-    one: the run and its metadata (with the profile the device chose and the step's peak device memory)."""
-    profile = config.profile_for(trainer.device)
-    context.log.info(f"training with the {profile} profile (device {trainer.device})")
-    with peak_device_memory(trainer.device) as memory:
+    """Train (or reuse) the adapter of `kind` on `base_model` (default: the trainer's) on `device` and make it the
+    current one: the run and its metadata (the profile the device chose, the device's pool, the peak memory)."""
+    profile = config.profile_for(device.device)
+    context.log.info(f"training with the {profile} profile on {device.device} ({device.precision})")
+    with device.step(context) as placement:
         run = train_lora(
             base_model or trainer.base_model(),
             records,
             trainer.folder(kind),
-            config.settings(trainer.device),
-            device=trainer.device,
-            precision=trainer.precision,
+            config.settings(device.device),
+            device=device.device,
+            precision=device.precision,
             log=context.log.info,
             **options,
         )
     trainer.point_current(kind, run.version)
-    return run, {**_training_metadata(run), "profile": profile, **memory}
+    # The record's device and precision are the resolved ones ('auto' made concrete): they win.
+    return run, {**placement, **_training_metadata(run), "profile": profile}
 
 
 @dg.asset(
@@ -188,8 +197,8 @@ def _train(
     deps=["training_dataset"],  # by key: each domain loads only its own assets
     kinds={"pytorch"},
     automation_condition=nightly_after_inputs_change(),
-    pool="gpu",
-    op_tags=GPU_STEP_TAGS,
+    pool=role_pool("train"),
+    op_tags=device_step_tags("train"),
     description="A LoRA adapter trained on the instruction dataset (loss on the answers only). The version "
     "hashes data, base model and settings: unchanged input is not retrained; an interrupted run resumes.",
 )
@@ -197,6 +206,7 @@ def lora_adapter(
     context: dg.AssetExecutionContext,
     config: DocumentTrainingConfig,
     lora_trainer: LoraTrainerResource,
+    train_device: ComputeDevice,
     document_store: DocumentStore,
 ) -> dg.MaterializeResult:
     files = DatasetFiles(folder=Path(document_store.dataset_dir))
@@ -207,6 +217,7 @@ def lora_adapter(
         context,
         config,
         lora_trainer,
+        train_device,
         "documents",
         alpaca_records(rows),
         dataset_version=files.version(),
@@ -224,10 +235,26 @@ def _answers_table(answers: list[dict], limit: int = 300) -> str:
     return frame.to_markdown(index=False)
 
 
+def _compare_with_base(base_model: str, adapter_dir: Path, device: ComputeDevice, records, config):
+    """Base and adapter side by side on `records`; the model is loaded here and gone when this returns."""
+    from ..models import resolve_device
+    from ..training.evaluation import compare_with_base
+    from ..training.inference import load_for_generation
+    from ..training.lora import resolve_precision
+
+    where = resolve_device(device.device)
+    # As trained: the evaluation's precision defaults to the training's (NEWSLLM_EVALUATE_PRECISION).
+    dtype = resolve_precision(device.precision, where).inference_dtype
+    model, tokenizer = load_for_generation(base_model, adapter_dir, where, dtype)
+    return compare_with_base(model, tokenizer, records, config.questions, config.max_new_tokens)
+
+
 @dg.asset(
     group_name=GROUP,
     deps=[lora_adapter],
     automation_condition=after_inputs_change(),
+    pool=role_pool("evaluate"),
+    op_tags=device_step_tags("evaluate"),
     check_specs=[
         dg.AssetCheckSpec(
             "adapter_beats_base",
@@ -243,11 +270,9 @@ def adapter_evaluation(
     context: dg.AssetExecutionContext,
     config: AdapterEvaluationConfig,
     lora_trainer: LoraTrainerResource,
+    evaluate_device: ComputeDevice,
     document_store: DocumentStore,
 ) -> dg.MaterializeResult:
-    from ..training.evaluation import compare_with_base
-    from ..training.inference import load_for_generation
-
     adapter_dir = lora_trainer.current("documents")
     records = alpaca_records(read_jsonl(DatasetFiles(folder=Path(document_store.dataset_dir)).eval_jsonl))
     if not records:
@@ -262,12 +287,9 @@ def adapter_evaluation(
                 )
             ],
         )
-    with peak_device_memory(lora_trainer.device) as memory:
-        model, tokenizer = load_for_generation(
-            lora_trainer.base_model(), adapter_dir, lora_trainer.device, lora_trainer.inference_dtype()
-        )
-        context.log.info(f"evaluating {adapter_dir.name} on {len(records)} held-out examples")
-        comparison = compare_with_base(model, tokenizer, records, config.questions, config.max_new_tokens)
+    context.log.info(f"evaluating {adapter_dir.name} on {len(records)} held-out examples on {evaluate_device.device}")
+    with evaluate_device.step(context) as placement:
+        comparison = _compare_with_base(lora_trainer.base_model(), adapter_dir, evaluate_device, records, config)
     base, adapter = comparison.base, comparison.adapter
     return dg.MaterializeResult(
         metadata={
@@ -279,7 +301,7 @@ def adapter_evaluation(
             "base_perplexity": round(base.perplexity, 2),
             "adapter_perplexity": round(adapter.perplexity, 2),
             "answers": dg.MetadataValue.md(_answers_table(comparison.answers)),
-            **memory,
+            **placement,
         },
         check_results=[
             dg.AssetCheckResult(
@@ -349,8 +371,8 @@ def categorizer_training_set(
     group_name=GROUP,
     deps=[categorizer_training_set],
     kinds={"pytorch"},
-    pool="gpu",
-    op_tags=GPU_STEP_TAGS,
+    pool=role_pool("train"),
+    op_tags=device_step_tags("train"),
     description="A LoRA adapter that teaches the base model the categories on the zero-shot scoring prompt. "
     "Use it with NEWSLLM_ADAPTER_DIR=<categorizer adapters>/current.",
 )
@@ -358,6 +380,7 @@ def categorizer_adapter(
     context: dg.AssetExecutionContext,
     config: CategorizerTrainingConfig,
     lora_trainer: LoraTrainerResource,
+    train_device: ComputeDevice,
     categorizer: CategorizerResource,
 ) -> dg.MaterializeResult:
     from transformers import AutoTokenizer
@@ -374,7 +397,7 @@ def categorizer_adapter(
         [item.categoria for item in train],
         prompt,
         hold_out=config.early_stopping,
-        seed=config.settings(lora_trainer.device).seed,
+        seed=config.settings(train_device.device).seed,
     )
     if config.early_stopping and not records.validation:
         context.log.warning(f"{len(train)} training items are too few to hold some out: no early stopping")
@@ -382,6 +405,7 @@ def categorizer_adapter(
         context,
         config,
         lora_trainer,
+        train_device,
         "categorizer",
         records.training,
         base_model=base_model,
@@ -399,12 +423,17 @@ def _predictions(categorizer: CategorizerResource, texts: list[str]) -> list[str
 @dg.asset(
     group_name=GROUP,
     deps=[categorizer_adapter],
+    pool=role_pool("evaluate"),
+    op_tags=device_step_tags("evaluate"),
     check_specs=[dg.AssetCheckSpec("adapter_beats_base", asset="categorizer_evaluation")],
     description="Accuracy of the categoriser with and without the current adapter on the held-out noticias, "
     "with both confusion tables.",
 )
 def categorizer_evaluation(
-    context: dg.AssetExecutionContext, lora_trainer: LoraTrainerResource, categorizer: CategorizerResource
+    context: dg.AssetExecutionContext,
+    lora_trainer: LoraTrainerResource,
+    categorizer: CategorizerResource,
+    evaluate_device: ComputeDevice,
 ) -> dg.MaterializeResult:
     folder = Path(lora_trainer.categorizer_dataset_dir)
     items = read_labelled_split(folder / EVAL_JSONL)
@@ -414,10 +443,11 @@ def categorizer_evaluation(
     texts, truth = [item.text for item in items], [item.categoria for item in items]
     titles, real_truth = [item.text.split("\n", 1)[0] for item in real_dev], [item.categoria for item in real_dev]
     reports, real_accuracy = {}, {}
-    with peak_device_memory(categorizer.compute_device) as memory:
-        for name, adapter in (("base", None), ("adapter", str(adapter_dir))):
+    placed = categorizer.on(evaluate_device)
+    models = {"base": placed.with_adapter(None), "adapter": placed.with_adapter(str(adapter_dir))}
+    with evaluate_device.step(context, *models.values(), measure=categorizer.runs_here) as placement:
+        for name, model in models.items():
             context.log.info(f"categorising {len(texts)} held-out noticias, {len(titles)} real headlines: {name}")
-            model = categorizer.with_adapter(adapter)
             reports[name] = accuracy_report(truth, _predictions(model, texts))
             if titles:
                 real_accuracy[name] = round(accuracy_report(real_truth, _predictions(model, titles)).accuracy, 3)
@@ -436,7 +466,7 @@ def categorizer_evaluation(
             "per_category": dg.MetadataValue.md(per_category.to_markdown()),
             "confusion_base": dg.MetadataValue.md(base.confusion.to_markdown()),
             "confusion_adapter": dg.MetadataValue.md(adapted.confusion.to_markdown()),
-            **memory,
+            **placement,
         },
         check_results=[
             dg.AssetCheckResult(

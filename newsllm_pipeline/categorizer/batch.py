@@ -18,6 +18,8 @@ from .prompt import item_text
 
 log = logging.getLogger(__name__)
 
+LINGER_POLL_S = 0.5  # how often a lingering run looks for new rows (one indexed query)
+
 Categorize = Callable[[Sequence[str]], Sequence[Prediction | CategorizationError]]
 
 
@@ -81,23 +83,35 @@ def drain(
     time_budget_s: float,
     max_batches: int | None = None,
     logger: logging.Logger | None = None,
+    linger_s: float = 0.0,
+    poll_s: float = LINGER_POLL_S,
 ) -> Iterator[BatchOutcome]:
     """Batch after batch until nothing is left to claim, `max_batches` are done or `time_budget_s` is spent
     (checked between batches, so a run ends within one batch of its budget). Each batch is committed before
     the next is claimed: a crash loses at most the batch in hand, whose claims are given back (or expire).
-    Rows that failed in this run are not claimed again by it; later runs retry them."""
+    Rows that failed in this run are not claimed again by it; later runs retry them.
+    With nothing left, the run lingers `linger_s` seconds (within its budget), looking for new rows every
+    `poll_s`: a noticia that arrives then is categorised by the loaded model at once, with no run to start."""
+    logger = logger or log
     started = time.monotonic()
     failed: set[int] = set()
     batches = 0
+    idle_since = None
     while max_batches is None or batches < max_batches:
         outcome = run_batch(claim, categorize, logger, exclude=failed)
         if not outcome.claimed:
-            return
+            now = time.monotonic()
+            idle_since = idle_since if idle_since is not None else now
+            if now - idle_since >= linger_s or now - started >= time_budget_s:
+                return
+            time.sleep(poll_s)
+            continue
+        idle_since = None
         failed.update(row.id for row in outcome.failed)
         batches += 1
         yield outcome
         if time.monotonic() - started >= time_budget_s:
-            (logger or log).info("time budget of %.0f s spent after %d batches", time_budget_s, batches)
+            logger.info("time budget of %.0f s spent after %d batches", time_budget_s, batches)
             return
 
 

@@ -54,7 +54,7 @@ class CategorizerService:
         self.categorizer, self.settings = categorizer, settings
         self.backend = next(name for name, kind in CATEGORIZER_BACKENDS.items() if type(categorizer) is kind)
         self.model = resolve_model_dir(categorizer.model_dir)
-        self.device = str(getattr(categorizer.load(), "device", categorizer.compute_device))
+        self.device = str(getattr(categorizer.load(), "device", "cuda"))  # exllamav2 spreads over its cards
         self.counts = RequestCounts()
         self.slots = CallSlots(1, settings.max_waiting, self.counts, "categorizer")
         self.started_at = dt.datetime.now(dt.UTC)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import docling.pipeline.standard_pdf_pipeline as standard_pdf_pipeline
+from docling.datamodel.accelerator_options import AcceleratorOptions
 from docling.datamodel.base_models import ConversionStatus, InputFormat
 from docling.datamodel.pipeline_options import (
     HeadingHierarchyOptions,
@@ -185,11 +186,13 @@ def offline_converter(
     return converter
 
 
-def standard_converter(artifacts_path: str, images_scale: float = 2.0) -> DocumentConverter:
+def standard_converter(artifacts_path: str, images_scale: float = 2.0, device: str = "auto") -> DocumentConverter:
     """Docling's model-based PDF pipeline (layout model, TableFormer) from local artifacts in the
-    `<owner>--<repo>/` layout `docling-tools models download` writes. Needs the `docling-models` extra."""
+    `<owner>--<repo>/` layout `docling-tools models download` writes, its models on `device` ('cuda:1'…).
+    Needs the `docling-models` extra."""
     options = PdfPipelineOptions(
         artifacts_path=artifacts_path,
+        accelerator_options=AcceleratorOptions(device=device),
         do_ocr=False,
         do_table_structure=True,
         generate_page_images=False,

@@ -402,7 +402,12 @@ class TransformersDescriber:
     `load_in_8bit` quantises the weights with bitsandbytes on a CUDA device (about half the memory)."""
 
     def __init__(
-        self, model_dir: str | Path, device: str = "auto", max_new_tokens: int = 256, load_in_8bit: bool = False
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        max_new_tokens: int = 256,
+        load_in_8bit: bool = False,
+        dtype: str = "auto",
     ):
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -417,7 +422,7 @@ class TransformersDescriber:
         self.device = device
         self.max_new_tokens = max_new_tokens
         self._torch = torch
-        dtype = resolve_dtype("auto", device)
+        dtype = resolve_dtype(dtype, device)
         if load_in_8bit:
             loading = {"quantization_config": _eight_bit_config(device), "device_map": {"": device}}
         else:

@@ -196,14 +196,16 @@ def synthesize_examples(
     return SynthesisRun(examples=tuple(examples), chunks=asked, rejected_samples=tuple(samples), **counts)
 
 
-def transformers_generator(model_dir: str, device: str = "auto", max_new_tokens: int = 160) -> Callable[[str], str]:
+def transformers_generator(
+    model_dir: str, device: str = "auto", max_new_tokens: int = 160, dtype: str = "auto"
+) -> Callable[[str], str]:
     """A `generate` callable on a Hugging Face causal LM folder: the prompt as one user message in the
     tokenizer's chat template, greedy decoding, and only the new text returned."""
     import torch
 
     from ..models import load_model
 
-    model, tokenizer = load_model(model_dir, device)
+    model, tokenizer = load_model(model_dir, device, dtype=dtype)
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @torch.inference_mode()

@@ -16,6 +16,7 @@ from ..assets.documents import (
 )
 from ..deployment import on_celery
 from ..files import sha256_hex
+from ..resources.devices import device_resources
 from ..resources.documents import (
     DoclingConverterResource,
     DocumentStore,
@@ -90,5 +91,6 @@ def definitions() -> dg.Definitions:
             ),
             "image_describer": image_describer_from_settings(),
             "text_generator": TextGeneratorResource(model_dir=site_setting("GENERATOR_MODEL_DIR")),
+            **device_resources("describe"),
         },
     )

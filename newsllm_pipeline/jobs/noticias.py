@@ -14,8 +14,8 @@ from ..assets import noticias as noticias_assets
 from ..assets.noticias import noticias, noticias_category_stats
 from ..automation import site_timezone
 from ..categorizer.batch import drain
-from ..deployment import GPU_STEP_TAGS, on_celery
-from ..device_memory import peak_device_memory
+from ..deployment import device_step_tags, on_celery
+from ..resources.devices import ComputeDevice, device_resources, role_pool
 from ..resources.noticias import (
     CategorizerResource,
     NoticiasDatabase,
@@ -37,6 +37,11 @@ class CategorizeBacklogConfig(dg.Config):
         "the sensor launches another run for what is left",
     )
     max_batches: int | None = Field(default=None, description="Stop after this many batches (default: no limit)")
+    linger_s: float | None = Field(
+        default=None,
+        description="With the backlog empty, keep looking for new noticias this many seconds before ending "
+        "(default: noticias_db.run_linger_s)",
+    )
 
 
 def _results_table(outcome) -> str:
@@ -61,26 +66,30 @@ def _batch_metadata(outcome) -> dict:
 
 
 @dg.op(
-    pool="gpu",
-    tags=GPU_STEP_TAGS,
+    pool=role_pool("categorize"),
+    tags=device_step_tags("categorize"),
     description="Claim uncategorised noticias a batch at a time, categorise each batch and commit it, until the "
-    "backlog is empty or the time budget is spent. The model is loaded once for the whole run.",
+    "backlog is empty or the time budget is spent. The model is loaded once for the whole run, on the "
+    "categorize_device, after the step holds a slot of that device's pool.",
 )
 def categorize_backlog(
     context: dg.OpExecutionContext,
     config: CategorizeBacklogConfig,
     noticias_db: NoticiasDatabase,
     categorizer: CategorizerResource,
+    categorize_device: ComputeDevice,
 ) -> dg.Output[int]:
     batches = []
     started = time.monotonic()
-    with peak_device_memory(categorizer.compute_device) as memory:
+    categorizer = categorizer.on(categorize_device)
+    with categorize_device.step(context, categorizer, measure=categorizer.runs_here) as device:
         for outcome in drain(
             noticias_db.claim(context.run_id, config.batch_size),
             categorizer.categorize,
             time_budget_s=config.time_budget_s if config.time_budget_s is not None else noticias_db.run_time_budget_s,
             max_batches=config.max_batches,
             logger=context.log,
+            linger_s=config.linger_s if config.linger_s is not None else noticias_db.run_linger_s,
         ):
             batch = _batch_metadata(outcome)
             batches.append(batch)
@@ -105,7 +114,7 @@ def categorize_backlog(
         "seconds": round(seconds, 2),
         "items_per_second": round(totals["claimed"] / seconds, 2) if seconds else 0.0,
         "per_batch": dg.MetadataValue.md(pd.DataFrame(batches).to_markdown(index=False) if batches else "none"),
-        **memory,
+        **device,
     }
     return dg.Output(totals["categorized"], metadata=metadata)
 
@@ -188,9 +197,7 @@ def uncategorized_noticias_sensor(context: dg.SensorEvaluationContext, noticias_
     # Keys unique per tick: a run key deduplicates forever, and reset rows must be processed again.
     tick = time.time_ns()
     context.log.info(f"{backlog} uncategorised noticias, {active} runs working: launching {wanted}")
-    return [
-        dg.RunRequest(run_key=f"{tick}-{index}", tags={"newsllm/backlog": str(backlog)}) for index in range(wanted)
-    ]
+    return [dg.RunRequest(run_key=f"{tick}-{index}", tags={"newsllm/backlog": str(backlog)}) for index in range(wanted)]
 
 
 ingest_noticias_job = dg.define_asset_job(
@@ -241,5 +248,9 @@ def definitions() -> dg.Definitions:
         ],
         sensors=[uncategorized_noticias_sensor, category_stats_after_categorization_sensor],
         schedules=[ingest_noticias_schedule, category_stats_schedule],
-        resources={"noticias_db": noticias_database_from_settings(), "categorizer": categorizer_from_settings()},
+        resources={
+            "noticias_db": noticias_database_from_settings(),
+            "categorizer": categorizer_from_settings(),
+            **device_resources("categorize"),
+        },
     )

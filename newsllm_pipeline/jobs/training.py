@@ -12,6 +12,7 @@ from ..assets.training import (
     lora_adapter,
 )
 from ..automation import automation_sensor, site_timezone
+from ..resources.devices import device_resources
 from ..resources.training import LoraTrainerResource
 from ..settings import site_setting
 
@@ -47,11 +48,10 @@ def definitions() -> dg.Definitions:
         resources={
             "lora_trainer": LoraTrainerResource(
                 model_dir=site_setting("TRAIN_BASE_MODEL_DIR"),
-                device=site_setting("TRAIN_DEVICE"),
-                precision=site_setting("TRAIN_PRECISION"),
                 adapters_dir=site_setting("ADAPTERS_DIR"),
                 categorizer_adapters_dir=site_setting("CATEGORIZER_ADAPTERS_DIR"),
                 categorizer_dataset_dir=site_setting("CATEGORIZER_DATASET_DIR"),
-            )
+            ),
+            **device_resources("train", "evaluate"),
         },
     )

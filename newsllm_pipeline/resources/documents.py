@@ -1,4 +1,5 @@
-"""Resources of the document chain: where documents live, the Docling converter, the image describer."""
+"""Resources of the document chain: where documents live, the Docling converter, the image describer, the text
+generator. Those that load a model are placed on the `describe_device` by the step that uses them (`on`)."""
 
 import os
 from abc import abstractmethod
@@ -10,6 +11,7 @@ from pydantic import Field, PrivateAttr
 
 from ..documents.chain import inbox_files
 from ..settings import site_setting
+from .devices import ComputeDevice, fresh_copy
 
 if TYPE_CHECKING:
     from ..documents.descriptions import ImageDescriber
@@ -49,8 +51,15 @@ class DoclingConverterResource(dg.ConfigurableResource):
         description="offline: read pages without a text layer with RapidOCR (its models ship in its wheel); "
         "costs 1–2 s per page with pictures, so enable it for scanned documents",
     )
+    device: str = Field(default="auto", description="standard: where Docling's models run ('auto', 'cpu', 'cuda:1'…)")
 
     _converter = PrivateAttr(default=None)
+
+    def on(self, device: ComputeDevice) -> "DoclingConverterResource":
+        return fresh_copy(self, device=device.device)
+
+    def release(self) -> None:
+        self._converter = None
 
     def resolved_mode(self) -> tuple[str, str]:
         """The mode that will run, and why."""
@@ -80,7 +89,7 @@ class DoclingConverterResource(dg.ConfigurableResource):
                 from ..documents.conversion import standard_converter
 
                 artifacts = self.artifacts_path or os.environ["DOCLING_ARTIFACTS_PATH"]
-                self._converter = standard_converter(artifacts, images_scale=self.images_scale)
+                self._converter = standard_converter(artifacts, images_scale=self.images_scale, device=self.device)
         return self._converter
 
 
@@ -94,7 +103,16 @@ class ImageDescriberResource(dg.ConfigurableResource):
     prompt: str | None = Field(default=None, description="Question asked about each picture (Spanish default)")
     min_side_px: int = Field(default=32, description="Pictures with a side shorter than this are skipped")
 
+    runs_here: ClassVar[bool] = True  # False: the model is another process's
+
     _describer = PrivateAttr(default=None)
+
+    def on(self, device: ComputeDevice) -> "ImageDescriberResource":
+        """The same describer placed on `device` (only a local model has a place)."""
+        return self
+
+    def release(self) -> None:
+        self._describer = None
 
     def describer(self) -> "ImageDescriber":
         """The backend's describer, loaded on first use and kept."""
@@ -126,6 +144,7 @@ class OpenAIDescriberResource(ImageDescriberResource):
     """Any OpenAI-compatible vision endpoint (vLLM, the project's vision server)."""
 
     backend: ClassVar[str] = "openai"
+    runs_here: ClassVar[bool] = False
 
     url: str | None = Field(default=None, description="Base URL, e.g. http://gpu-host:8000/v1")
     model: str | None = Field(default=None, description="Model name the endpoint serves")
@@ -152,9 +171,13 @@ class TransformersDescriberResource(ImageDescriberResource):
     backend: ClassVar[str] = "transformers"
 
     model: str | None = Field(default=None, description="A local vision-language model folder")
-    device: str = Field(default="auto", description="'auto', 'cuda', 'cuda:1', 'cpu'")
+    device: str = Field(default="auto", description="'auto', 'cuda', 'cuda:1', 'cpu' (a step: its describe_device)")
+    dtype: str = Field(default="auto", description="'auto', 'bf16', 'fp16', 'fp32' (a step: its describe_device's)")
     max_new_tokens: int = Field(default=256, description="Longest description, in tokens")
     load_in_8bit: bool = Field(default=False, description="8-bit weights (bitsandbytes, CUDA only)")
+
+    def on(self, device: ComputeDevice) -> "TransformersDescriberResource":
+        return fresh_copy(self, device=device.device, dtype=device.precision)
 
     def load_describer(self) -> "ImageDescriber":
         from ..documents.descriptions import TransformersDescriber
@@ -162,7 +185,11 @@ class TransformersDescriberResource(ImageDescriberResource):
         if not self.model:
             raise dg.Failure("the transformers describer needs model: a vision-language model folder")
         return TransformersDescriber(
-            self.model, device=self.device, max_new_tokens=self.max_new_tokens, load_in_8bit=self.load_in_8bit
+            self.model,
+            device=self.device,
+            dtype=self.dtype,
+            max_new_tokens=self.max_new_tokens,
+            load_in_8bit=self.load_in_8bit,
         )
 
 
@@ -207,10 +234,17 @@ class TextGeneratorResource(dg.ConfigurableResource):
     """The LLM that writes question-answer pairs for the `llm` dataset strategy (any HF causal-LM folder)."""
 
     model_dir: str = Field(description="A Hugging Face model folder (or a hub id where there is internet)")
-    device: str = Field(default="auto")
+    device: str = Field(default="auto", description="'auto', 'cpu', 'cuda:1'… (a step: its describe_device)")
+    dtype: str = Field(default="auto", description="'auto', 'bf16', 'fp16', 'fp32' (a step: its describe_device's)")
     max_new_tokens: int = Field(default=160)
 
     _generate = PrivateAttr(default=None)
+
+    def on(self, device: ComputeDevice) -> "TextGeneratorResource":
+        return fresh_copy(self, device=device.device, dtype=device.precision)
+
+    def release(self) -> None:
+        self._generate = None
 
     def generator(self):
         if self._generate is None:
@@ -218,6 +252,9 @@ class TextGeneratorResource(dg.ConfigurableResource):
             from ..models import resolve_model_dir
 
             self._generate = transformers_generator(
-                resolve_model_dir(self.model_dir), device=self.device, max_new_tokens=self.max_new_tokens
+                resolve_model_dir(self.model_dir),
+                device=self.device,
+                dtype=self.dtype,
+                max_new_tokens=self.max_new_tokens,
             )
         return self._generate

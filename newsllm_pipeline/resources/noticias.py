@@ -11,13 +11,13 @@ evaluation of base against adapter never holds both.
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import dagster as dg
 import sqlalchemy as sa
@@ -28,14 +28,17 @@ from .. import db
 from ..categorizer import DEFAULT_CATEGORIES, CategorizationError, Prediction, item_text
 from ..categorizer.adapter import PromptSettings
 from ..categorizer.batch import Claim
+from ..device_memory import free_device_memory
 from ..files import read_jsonl
 from ..models import AdapterError, read_adapter_config, resolve_model_dir, same_model
 from ..settings import optional, setting, site_flag, site_int, site_setting
+from .devices import ComputeDevice, fresh_copy
 
 log = logging.getLogger(__name__)
 
 PACKAGED_CALIBRATION = Path(__file__).parent.parent / "categorizer" / "calibration_es.jsonl"
 MAX_LOADED_CATEGORIZERS = 1
+UNBOUNDED_GB = 1024.0  # an exllamav2 split entry that lets one card take the whole model
 
 
 class NoticiasDatabase(dg.ConfigurableResource):
@@ -53,6 +56,12 @@ class NoticiasDatabase(dg.ConfigurableResource):
         default=300.0,
         description="A categorisation run stops claiming batches after this many seconds (the sensor starts another "
         "for what is left), so a long backlog does not hold one run forever.",
+    )
+    run_linger_s: float = Field(
+        default=0.0,
+        description="A categorisation run that finds the backlog empty keeps its model loaded this many seconds "
+        "more (within its time budget), taking new noticias as they arrive (every 0.5 s): on a steady stream no "
+        "run has to start. On a card it holds the device's pool meanwhile. 0: the run ends at once.",
     )
     max_parallel_runs: int = Field(
         default=1,
@@ -99,6 +108,7 @@ def noticias_database_from_settings() -> NoticiasDatabase:
         max_attempts=site_int("MAX_ATTEMPTS"),
         batch_size=site_int("BATCH_SIZE"),
         run_time_budget_s=site_int("RUN_TIME_BUDGET_S"),
+        run_linger_s=site_int("RUN_LINGER_S"),
         max_parallel_runs=site_int("MAX_PARALLEL_RUNS"),
     )
 
@@ -184,17 +194,15 @@ def loaded_categorizer(spec: TransformersSpec | ExLlamaV2Spec):
             return _loaded[spec]
         while len(_loaded) >= MAX_LOADED_CATEGORIZERS:
             _loaded.popitem(last=False)
-            _free_memory()
+            free_device_memory()
         _loaded[spec] = spec.load()
         return _loaded[spec]
 
 
-def _free_memory() -> None:
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def unload_categorizer(spec: TransformersSpec | ExLlamaV2Spec) -> None:
+    """Forget the categoriser of `spec` (its memory is given back by the next `free_device_memory`)."""
+    with _loading:
+        _loaded.pop(spec, None)
 
 
 def calibration_texts(calibration: bool, calibration_file: str | None) -> tuple[str, ...]:
@@ -211,10 +219,14 @@ class CategorizerResource(dg.ConfigurableResource):
 
     categories: list[str] = Field(default=list(DEFAULT_CATEGORIES))
 
-    @property
-    def compute_device(self) -> str:
-        """The device whose memory the model uses in this process (for peak-memory metadata)."""
-        raise NotImplementedError
+    runs_here: ClassVar[bool] = True  # False: the model is another process's (nothing to measure or free here)
+
+    def on(self, device: ComputeDevice) -> CategorizerResource:
+        """The same categoriser placed on `device` (a step's `<role>_device`)."""
+        return self
+
+    def release(self) -> None:
+        """Let go of the loaded model (a step on a card frees it when it ends)."""
 
     def load(self):
         """The backend, ready to categorise."""
@@ -253,6 +265,10 @@ class LocalCategorizerResource(CategorizerResource):
 
     def spec(self) -> TransformersSpec | ExLlamaV2Spec:
         raise NotImplementedError
+
+    def release(self) -> None:
+        if self._spec is not None:
+            unload_categorizer(self._spec)
 
     def load(self):
         """Loaded on first use (inside the step, so after its device pool's slot is held; a step that only reads
@@ -298,7 +314,8 @@ class TransformersCategorizerResource(LocalCategorizerResource):
     device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'…")
     dtype: str = Field(
         default="auto",
-        description="'auto' (bf16 on CUDA and on CPUs with native bf16, else fp32), 'float32', 'bfloat16'",
+        description="'auto' (bf16 on CUDA and on CPUs with native bf16, else fp32), 'bf16', 'fp16', 'fp32' "
+        "(or torch's names: 'bfloat16'…)",
     )
     method: str = Field(
         default="score",
@@ -306,9 +323,8 @@ class TransformersCategorizerResource(LocalCategorizerResource):
         "categories); 'generate': the original free-form answer, parsed",
     )
 
-    @property
-    def compute_device(self) -> str:
-        return self.device
+    def on(self, device: ComputeDevice) -> TransformersCategorizerResource:
+        return fresh_copy(self, device=device.device, dtype=device.precision)
 
     def spec(self) -> TransformersSpec:
         adapter_dir = self.adapter_dir or self.trained_adapter()
@@ -342,9 +358,7 @@ class TransformersCategorizerResource(LocalCategorizerResource):
         return current
 
     def with_adapter(self, adapter_dir: str | None) -> TransformersCategorizerResource:
-        copy = self.model_copy(update={"adapter_dir": adapter_dir, "use_current_adapter": False})
-        copy._spec = None  # model_copy carries private state: this copy's spec is its own
-        return copy
+        return fresh_copy(self, adapter_dir=adapter_dir, use_current_adapter=False)
 
 
 class ExLlamaV2CategorizerResource(LocalCategorizerResource):
@@ -354,9 +368,15 @@ class ExLlamaV2CategorizerResource(LocalCategorizerResource):
     cache_type: str = Field(default="fp16", description="KV cache: 'fp16' or 'q4' (any case, as the seed's FP16/Q4)")
     max_seq_len: int = Field(default=4096, description="Cache length in tokens")
 
-    @property
-    def compute_device(self) -> str:
-        return "cuda"
+    def on(self, device: ComputeDevice) -> ExLlamaV2CategorizerResource:
+        """On card N alone: the split gives the other cards nothing (and card N the memory budget, if any), unless
+        gpu_split is configured, which then wins."""
+        if device.on_cpu:
+            raise dg.Failure("the exllamav2 categoriser runs on CUDA cards only: set a cuda device or use transformers")
+        if self.gpu_split:
+            return self
+        card = device.card_index()
+        return fresh_copy(self, gpu_split=[0.0] * card + [device.memory_budget_gib or UNBOUNDED_GB])
 
     def spec(self) -> ExLlamaV2Spec:
         return ExLlamaV2Spec(
@@ -381,14 +401,12 @@ class RemoteCategorizerResource(CategorizerResource):
         default=2, description="Further tries of a request that cannot reach the server, times out or finds it busy"
     )
 
+    runs_here: ClassVar[bool] = False  # the model's memory is the server's
+
     _client = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         self.load()  # cheap (one request), and a run fails at once, claiming nothing, when the server is away
-
-    @property
-    def compute_device(self) -> str:
-        return "cpu"  # the model's memory is the server's
 
     def load(self):
         """A client of a server that answers, checked to categorise into `categories`."""
@@ -435,7 +453,8 @@ def categorizer_from_settings(resolve_now: bool = False, **overrides) -> Categor
     if backend == "transformers":
         fields.update(
             adapter_dir=optional(read("ADAPTER_DIR")),
-            device=read("DEVICE"),
+            device=setting("CATEGORIZE_DEVICE"),  # the categorisation steps' pool is this device's: read at load
+            dtype=read("CATEGORIZE_PRECISION"),
             use_current_adapter=site_flag("USE_CURRENT_ADAPTER"),
             current_adapter_dir=str(Path(setting("CATEGORIZER_ADAPTERS_DIR")) / "current"),
         )

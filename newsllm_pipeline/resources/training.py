@@ -1,4 +1,5 @@
-"""Where and on what LoRA adapters are trained, injected per job: base model, device, precision, output folders."""
+"""On what LoRA adapters are trained and where they are kept: base model, output folders. The device and precision
+are the `train_device` and `evaluate_device` resources' (resources/devices.py)."""
 
 import os
 from pathlib import Path
@@ -6,22 +7,15 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
-from ..models import resolve_device, resolve_model_dir
-from ..training.lora import resolve_precision
+from ..models import resolve_model_dir
 
 CURRENT = "current"
 
 
 class LoraTrainerResource(dg.ConfigurableResource):
-    """The hardware side of training; what to train (profile, epochs, rank) is the asset's config."""
+    """The base model and the adapters' folders; what to train (profile, epochs, rank) is the asset's config."""
 
     model_dir: str = Field(description="The base model folder the adapters are trained on")
-    device: str = Field(default="auto", description="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1'…")
-    precision: str = Field(
-        default="auto",
-        description="'auto' (bf16 on CUDA with bf16 and on CPUs with native bf16 matmuls, fp16 on older GPUs, "
-        "else fp32), 'fp32', 'bf16', 'fp16' (CUDA only)",
-    )
     adapters_dir: str = Field(description="Folder of the document adapters: one sub-folder per version")
     categorizer_adapters_dir: str = Field(description="Folder of the categoriser adapters: one per version")
     categorizer_dataset_dir: str = Field(description="Where categorizer_training_set writes its splits")
@@ -49,7 +43,3 @@ class LoraTrainerResource(dg.ConfigurableResource):
             asset = "categorizer_adapter" if kind == "categorizer" else "lora_adapter"
             raise dg.Failure(f"no {kind} adapter in {current.parent}: materialise {asset} first")
         return current.resolve()
-
-    def inference_dtype(self) -> str:
-        """The dtype to evaluate in: the training precision's, so base and adapter are judged alike."""
-        return resolve_precision(self.precision, resolve_device(self.device)).inference_dtype

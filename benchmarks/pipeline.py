@@ -15,7 +15,8 @@ one process per run):
 Each database is measured three times: with the embedded default (each run loads the model), with the resident
 service (`newsllm categorizer-server` holds the model; runs are thin clients, NEWSLLM_BACKEND=remote), and with the
 default lingering (NEWSLLM_RUN_LINGER_S=--linger-s): step 4 is then a stream, one noticia every 2 s arriving while
-the run that drained the backlog waits for more.
+the run that drained the backlog waits for more, and then N further noticias arrive at once on that busy pipeline
+(the run still alive): their items/s is the rate of a site with a steady stream, not of one that was idle.
 
 In the same run the in-process rate is measured on the same items with the same model and settings (the site's
 categoriser from `categorizer_from_settings`, loaded once, batches of `NEWSLLM_BATCH_SIZE`): the ratio of the
@@ -244,8 +245,17 @@ BACKENDS = {"local": "model in the run", "remote": "resident service", "lingerin
 
 
 def through_daemon(
-    kind: str, backend: str, items: list[dict], probes: list[dict], folder: Path, timeout_s: float, linger_s: float
+    kind: str,
+    backend: str,
+    items: list[dict],
+    probes: list[dict],
+    busy: list[dict],
+    folder: Path,
+    timeout_s: float,
+    linger_s: float,
 ) -> dict:
+    """The backlog `items` on an idle pipeline, then `probes` one at a time; lingering, the probes are a stream and
+    `busy` (as many again) a second backlog inserted while the run that took the stream still waits."""
     url = database_url(kind, folder)
     environment = site_environment(folder, url)
     server = None
@@ -291,6 +301,14 @@ def through_daemon(
             latency = wait_until(lambda done=before: sum(counts(engine)) > done, timeout_s, daemon.sample, every_s=0.05)
             latencies.append(round(latency, 1) if latency is not None else None)
         report["stream_item_latency_s" if stream else "single_item_latency_s"] = latencies
+        if stream:
+            before = sum(counts(engine))
+            db.insert_new(engine, busy)
+            inserted = time.perf_counter()
+            done = wait_until(lambda: sum(counts(engine)) >= before + len(busy), timeout_s, daemon.sample)
+            if done is None:
+                raise RuntimeError(f"{kind}: the second backlog was not categorised within {timeout_s} s")
+            report["busy_items_per_s"] = round(len(busy) / (time.perf_counter() - inserted), 2)
     finally:
         daemon.stop()
         engine.dispose()
@@ -329,6 +347,7 @@ def main() -> None:
 
     items = headlines(args.n)
     probes = headlines(args.latency_probes, offset=args.n)
+    busy = headlines(args.n, offset=args.n + args.latency_probes)  # the lingering backend's second backlog
     with tempfile.TemporaryDirectory(prefix="newsllm-bench-") as scratch:
         reference = Path(scratch) / "in_process"
         reference.mkdir()
@@ -338,10 +357,14 @@ def main() -> None:
             for backend in args.backends:
                 folder = Path(scratch) / f"{kind}-{backend}"
                 folder.mkdir()
-                pipelines.append(through_daemon(kind, backend, items, probes, folder, args.timeout, args.linger_s))
+                pipelines.append(
+                    through_daemon(kind, backend, items, probes, busy, folder, args.timeout, args.linger_s)
+                )
     for report in pipelines:
         report["ratio_to_in_process"] = round(report["items_per_s"] / in_process["items_per_s"], 2)
         report["ratio_to_in_process_with_load"] = round(report["items_per_s"] / in_process["items_per_s_with_load"], 2)
+        if "busy_items_per_s" in report:
+            report["busy_ratio_to_in_process"] = round(report["busy_items_per_s"] / in_process["items_per_s"], 2)
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -360,6 +383,11 @@ def main() -> None:
             "first category s": report["first_category_s"],
             "single item s": report.get("single_item_latency_s", ""),
             "stream item s": report.get("stream_item_latency_s", ""),
+            "busy: items/s (× in-process)": (
+                f"{report['busy_items_per_s']} ({report['busy_ratio_to_in_process']})"
+                if "busy_items_per_s" in report
+                else ""
+            ),
             "runs": report["runs"],
             "overhead/run s": report["per_run_overhead_s"],
             "peak RSS GiB": report["peak_rss_gib"],

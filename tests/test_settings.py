@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -31,6 +34,23 @@ def test_every_variable_the_package_names_is_declared():
             named |= set(re.findall(r"NEWSLLM_[A-Z0-9_]*", path.read_text(encoding="utf-8")))
     declared = {entry.variable for entry in settings.SETTINGS.values()}
     assert named - PROCESS_VARIABLES <= declared, named - PROCESS_VARIABLES - declared
+
+
+LOAD = """
+import dagster as dg
+from newsllm_pipeline.definitions import defs
+dg.Definitions.validate_loadable(defs)
+print("loaded")
+"""
+
+
+def test_a_site_that_sets_every_setting_still_loads():
+    """Every set variable becomes an EnvVar of its field: a field Dagster cannot fill from the environment (a float,
+    say) would stop the code location from loading at exactly the sites that configure it."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("NEWSLLM_")}
+    env.update({entry.variable: settings.setting(entry.name) for entry in settings.SETTINGS.values()})
+    run = subprocess.run([sys.executable, "-c", LOAD], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip().endswith("loaded"), run.stderr[-3000:]
 
 
 def test_a_set_variable_becomes_an_env_var_read_at_run_time(monkeypatch):

@@ -118,9 +118,8 @@ class ComputeDevice(dg.ConfigurableResource):
             yield metadata
             return
         free = self.free_after_step if self.free_after_step is not None else not self.on_cpu and cuda_available()
-        card = None if self.on_cpu else self.card_index()
         try:
-            with budgeted_device_memory(card, self.memory_budget_gib, context.log) as memory:
+            with budgeted_device_memory(self.card_index(), self.memory_budget_gib, context.log) as memory:
                 yield metadata
             metadata.update(memory)
         finally:
@@ -131,7 +130,8 @@ class ComputeDevice(dg.ConfigurableResource):
 
 
 def compute_device_from_settings(role: str) -> ComputeDevice:
-    """The site's device for `role`: its device read now (it decides the pool), precision and budget at run time."""
+    """The site's device for `role`: its device (it decides the pool) and budget read now, its precision when a run
+    starts."""
     budget = setting(f"{role.upper()}_MEMORY_GIB").strip()
     return ComputeDevice(
         device=setting(f"{role.upper()}_DEVICE"),

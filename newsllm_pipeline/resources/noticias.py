@@ -52,13 +52,13 @@ class NoticiasDatabase(dg.ConfigurableResource):
         default=30, description="A claim older than this (its run died) lets another run take the rows."
     )
     batch_size: int = Field(default=10, description="Noticias a categorisation run claims and commits together.")
-    run_time_budget_s: float = Field(
-        default=300.0,
+    run_time_budget_s: int = Field(
+        default=300,
         description="A categorisation run stops claiming batches after this many seconds (the sensor starts another "
         "for what is left), so a long backlog does not hold one run forever.",
     )
-    run_linger_s: float = Field(
-        default=0.0,
+    run_linger_s: int = Field(
+        default=0,
         description="A categorisation run that finds the backlog empty keeps its model loaded this many seconds "
         "more (within its time budget), taking new noticias as they arrive (every 0.5 s): on a steady stream no "
         "run has to start. On a card it holds the device's pool meanwhile. 0: the run ends at once.",
@@ -66,7 +66,7 @@ class NoticiasDatabase(dg.ConfigurableResource):
     max_parallel_runs: int = Field(
         default=1,
         description="Most categorisation runs working at once (each drains the backlog; more help only where the "
-        "gpu pool allows more than one op).",
+        "categorisation device's pool allows more than one step).",
     )
 
     _engine: Engine | None = PrivateAttr(default=None)

@@ -47,7 +47,7 @@ def test_demo_ingests_categorises_through_the_sensor_and_reports(tmp_path, model
     }
     (tmp_path / "dagster_home").mkdir()
     demo = subprocess.run(
-        [sys.executable, "-m", "newsllm_pipeline.cli", "demo"], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "newsllm_pipeline.cli", "demo"], env=env, capture_output=True, text=True, timeout=900
     )
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "5 new noticias" in demo.stdout

@@ -15,9 +15,17 @@ from newsllm_pipeline.assets import training as training_assets
 from newsllm_pipeline.categorizer.adapter import validation_split
 from newsllm_pipeline.documents.dataset import Example, build_dataset, write_dataset
 from newsllm_pipeline.files import read_jsonl
+from newsllm_pipeline.models import resolve_model_dir
 from newsllm_pipeline.resources.documents import DocumentStore
 from newsllm_pipeline.resources.training import LoraTrainerResource
-from newsllm_pipeline.training.lora import PROFILES, TrainingRun, alpaca_records, learnable_records, train_lora
+from newsllm_pipeline.training.lora import (
+    PROFILES,
+    TrainingRun,
+    adapter_version,
+    alpaca_records,
+    learnable_records,
+    train_lora,
+)
 from newsllm_pipeline.training.record import TrainingRecord
 from newsllm_pipeline.training.trainer import LengthBucketSampler
 from tests.conftest import site_devices
@@ -180,6 +188,22 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(model_dir, datase
     steps = [entry["step"] for entry in run.log_history if "loss" in entry]
     assert steps == [1, 2, 3] and run.record.global_step == 3
     assert not (adapters / ".training" / run.version).exists()
+
+
+def test_a_time_budget_ends_training_early_and_is_part_of_the_version(model_dir, dataset_dir, tmp_path):
+    records = alpaca_records(read_jsonl(dataset_dir / "train.jsonl"))
+    unbounded = PROFILES["cpu"].with_overrides(**{**TINY, "max_steps": 50})
+    bounded = unbounded.with_overrides(max_time_s=0.01)  # spent after the first step
+    run = train_lora(model_dir, records, tmp_path / "adapters", bounded, device="cpu")
+    assert run.record.global_step == 1 and (run.adapter_dir / "adapter_model.safetensors").exists()
+    model = resolve_model_dir(model_dir)
+    assert adapter_version(records, model, bounded, "fp32") != adapter_version(records, model, unbounded, "fp32")
+    # Without a budget the version is the one adapters had before the field existed (they are reused): the value
+    # below is what the code before it computed.
+    pinned = [
+        {"prompt": [{"role": "user", "content": "¿Qué?"}], "completion": [{"role": "assistant", "content": "Esto."}]}
+    ]
+    assert adapter_version(pinned, "org/model", PROFILES["cpu"], "fp32") == "7126c72c171e"
 
 
 def test_a_training_record_written_by_older_code_reads_with_defaults(tmp_path):

@@ -46,6 +46,9 @@ class LoraTrainingConfig(dg.Config):
     gradient_checkpointing: bool | None = Field(default=None, description="Recompute activations: less memory")
     packing: bool | None = Field(default=None, description="Pack examples into rows with no padding")
     save_steps: int | None = Field(default=None, description="Checkpoint every this many steps (for resuming)")
+    max_time_s: float | None = Field(
+        default=None, description="End training after this many seconds (the demo bounds its run on slow machines)"
+    )
 
     def profile_for(self, device: str) -> str:
         """The profile to train with on `device` ('auto', 'cpu', 'cuda', 'cuda:1'…)."""

@@ -61,6 +61,7 @@ class LoraSettings:
     save_steps: int = 20
     logging_steps: int = 1
     seed: int = 13
+    max_time_s: float | None = None  # training ends after this many seconds (checked after each step)
 
     def with_overrides(self, **overrides) -> LoraSettings:
         return dataclasses.replace(self, **{key: value for key, value in overrides.items() if value is not None})
@@ -202,12 +203,16 @@ def adapter_version(
     precision: str,
     early_stopping: EarlyStopping | None = None,
 ) -> str:
-    """A short hash of everything that determines the adapter. Without early stopping it is the hash adapters
-    had before early stopping existed, so they are reused; with it, the validation records and the patience count."""
+    """A short hash of everything that determines the adapter. Without early stopping or a time budget it is the
+    hash adapters had before either existed, so they are reused; with them, the validation records and the
+    patience count, and the budget."""
+    hashed = dataclasses.asdict(settings)
+    if settings.max_time_s is None:
+        del hashed["max_time_s"]
     parts = [
         json.dumps(list(records), ensure_ascii=False, sort_keys=True),
         folder_fingerprint(model_dir),
-        json.dumps(dataclasses.asdict(settings), sort_keys=True),
+        json.dumps(hashed, sort_keys=True),
         precision,
     ]
     if early_stopping:

@@ -7,6 +7,7 @@ Dagster code location should not pay at load time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,23 @@ class LogForwarder(TrainerCallback):
             self.log(f"{step}: loss {logs['loss']:.4f}, learning rate {logs['learning_rate']:.1e}")
         if logs and "eval_loss" in logs:
             self.log(f"{step}: validation loss {logs['eval_loss']:.4f}")
+
+
+class TimeBudget(TrainerCallback):
+    """Ends training once `seconds` have passed (checked after each optimiser step), so a run is bounded on a slow
+    machine; with early stopping the best checkpoint measured so far is still the one kept."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.started = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.monotonic() - self.started >= self.seconds:
+            control.should_training_stop = True
+        return control
 
 
 @dataclass
@@ -216,6 +234,8 @@ def build_trainer(
     disable_progress_bars()  # the dataset preparation's bars would clutter Dagster's logs; `log` reports progress
     base.generation_config.pad_token_id = tokenizer.pad_token_id
     callbacks = list(callbacks)
+    if settings.max_time_s:
+        callbacks.append(TimeBudget(settings.max_time_s))
     if early_stopping:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=early_stopping.patience))
     trainer = NewsllmSFTTrainer(

@@ -15,7 +15,7 @@ from .settings import PROJECT_HOME, setting
 LABELS_CSV = PROJECT_HOME / "data" / "feeds" / "labels.csv"
 # Dagster's console logger at INFO: the run's own messages without every engine event.
 QUIET = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-DEMO_TRAINING_S = 300  # the categoriser adapter's training time in the demo, at most
+DEMO_TRAINING_S = 240  # the categoriser adapter's training time in the demo, at most
 
 
 def drain_backlog(defs: dg.Definitions, instance: dg.DagsterInstance, echo: Callable[[str], None]) -> int:

@@ -247,8 +247,8 @@ def _compare_with_base(base_model: str, adapter_dir: Path, device: ComputeDevice
 
     where = resolve_device(device.device)
     # As trained: the evaluation's precision defaults to the training's (NEWSLLM_EVALUATE_PRECISION).
-    dtype = resolve_precision(device.precision, where).inference_dtype
-    model, tokenizer = load_for_generation(base_model, adapter_dir, where, dtype)
+    precision = resolve_precision(device.precision, where).name  # `load_model` takes the precision names too
+    model, tokenizer = load_for_generation(base_model, adapter_dir, where, precision)
     return compare_with_base(model, tokenizer, records, config.questions, config.max_new_tokens)
 
 

@@ -108,11 +108,6 @@ class Precision:
 
         return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
 
-    @property
-    def inference_dtype(self) -> str:
-        """The dtype to evaluate in (`load_model`'s names), so base and adapter are judged as trained."""
-        return {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[self.name]
-
     def trainer_flags(self, device: str) -> dict:
         """The Trainer's autocast. On CUDA, bf16 autocasts too, so the LoRA matmuls run on the tensor cores: an
         r=128 adapter is about 5 % of a 3.8B model's FLOPs, but fp32 runs at a twelfth of the bf16 rate there. The

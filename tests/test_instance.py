@@ -68,10 +68,15 @@ def test_runs_are_stored_in_postgresql_with_the_documented_dagster_yaml(postgres
         assert stored.scalar_one() == 1
 
 
+def sensor_tick_times(instance: dg.DagsterInstance) -> list[float]:
+    state = next(s for s in instance.all_instigator_state() if s.name == "uncategorized_noticias_sensor")
+    return sorted(tick.timestamp for tick in instance.get_ticks(state.instigator_origin_id, state.selector_id))
+
+
 @pytest.mark.slow
 def test_the_daemon_keeps_ticks_runs_and_events_in_postgresql(postgres_home, tmp_path, model_dir):
-    """The real `dagster-daemon` on the PostgreSQL instance: the categorisation sensor ticks, launches a run for the
-    noticia waiting, the run categorises it; ticks, the run and its events are rows in PostgreSQL."""
+    """The real `dagster-daemon` on the PostgreSQL instance: the categorisation sensor ticks every 5 s, launches a run
+    for the noticia waiting, the run categorises it; ticks, the run and its events are rows in PostgreSQL."""
     home, storage = postgres_home
     url = f"sqlite:///{tmp_path / 'noticias.db'}"
     engine = db.create_db_engine(url)
@@ -85,7 +90,6 @@ def test_the_daemon_keeps_ticks_runs_and_events_in_postgresql(postgres_home, tmp
         "NEWSLLM_CATEGORIZER_MODEL_DIR": model_dir,
         "NEWSLLM_CATEGORIZER_ADAPTERS_DIR": str(tmp_path / "adapters"),
         "NEWSLLM_CATEGORIZE_DEVICE": "cpu",
-        "NEWSLLM_SENSOR_INTERVAL_S": "1",
     }
     with dagster_daemon(home, site) as daemon:
         daemon.wait_for("sensor: uncategorized_noticias_sensor", 120)
@@ -97,7 +101,12 @@ def test_the_daemon_keeps_ticks_runs_and_events_in_postgresql(postgres_home, tmp
             while not (runs := instance.get_runs(dg.RunsFilter(job_name=categorize_noticias_job.name)))[0].is_finished:
                 assert time.monotonic() < deadline, daemon.log.read_text()[-3000:]
                 time.sleep(0.5)
+            while len(ticks := sensor_tick_times(instance)) < 6:
+                assert time.monotonic() < deadline, daemon.log.read_text()[-3000:]
+                time.sleep(1)
     engine.dispose()
+    # The documented default interval, 5 s, is the daemon's loop: a tick at every look, none skipped.
+    assert max(later - earlier for earlier, later in zip(ticks, ticks[1:], strict=False)) < 6, ticks
     assert runs[0].status == dg.DagsterRunStatus.SUCCESS
     with storage.connect() as conn:
         sql = {

@@ -7,21 +7,30 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 
 import dagster as dg
 import pytest
 import requests
 import sqlalchemy as sa
 from click.testing import CliRunner
+from starlette.testclient import TestClient
 
 from newsllm_pipeline import db
 from newsllm_pipeline.categorizer import CategorizationError, item_text
 from newsllm_pipeline.categorizer.batch import run_batch
 from newsllm_pipeline.categorizer.client import CategorizerClient, CategorizerServerError
 from newsllm_pipeline.categorizer.prompt import DEFAULT_CATEGORIES
+from newsllm_pipeline.categorizer.server import create_app
+from newsllm_pipeline.categorizer.wire import CATEGORIZE_PATH
 from newsllm_pipeline.cli import main
 from newsllm_pipeline.jobs.noticias import categorize_noticias_job
-from newsllm_pipeline.resources.noticias import NoticiasDatabase, RemoteCategorizerResource, categorizer_from_settings
+from newsllm_pipeline.resources.noticias import (
+    NoticiasDatabase,
+    RemoteCategorizerResource,
+    TransformersCategorizerResource,
+    categorizer_from_settings,
+)
 from newsllm_pipeline.serving.server import free_port, running_in_process
 from tests.conftest import sample_rows, site_devices
 
@@ -74,6 +83,27 @@ def test_the_server_answers_what_the_in_process_categoriser_answers(server_url, 
     assert status["backend"] == "transformers" and status["categories"] == list(DEFAULT_CATEGORIES)
     assert status["adapter"] is None and remote.trained_adapter() is None
     assert status["requests"]["succeeded"] >= 1 and status["requests"]["failed"] == 0
+
+
+def test_the_server_loads_and_runs_the_model_on_one_thread(model_dir, monkeypatch):
+    """On CPU, torch work from a second thread (a second OpenMP team) slowed every later call by a sixth: the
+    server's model thread loads the model and answers every request, and no other thread touches it."""
+    callers = []
+    load = TransformersCategorizerResource.load
+
+    def recorded_load(resource):
+        callers.append(threading.get_ident())
+        return load(resource)
+
+    monkeypatch.setattr(TransformersCategorizerResource, "load", recorded_load)
+    app = create_app(TransformersCategorizerResource(model_dir=model_dir, device="cpu"), None)
+    with TestClient(app) as client:
+        for text in ["Sube el precio de la luz", "El Real Madrid gana la Liga"]:
+            assert client.post(CATEGORIZE_PATH, json={"texts": [text]}).status_code == 200
+        status = client.get("/status").json()
+    assert len(callers) == 3 and len(set(callers)) == 1, callers  # the start's load, then one per request
+    assert callers[0] != threading.get_ident()
+    assert status["device"] == "cpu"
 
 
 def test_a_run_with_the_remote_categoriser_categorises_the_rows(server_url, tmp_path):

@@ -54,7 +54,7 @@ class CategorizerService:
         self.categorizer, self.settings = categorizer, settings
         self.backend = next(name for name, kind in CATEGORIZER_BACKENDS.items() if type(categorizer) is kind)
         self.model = resolve_model_dir(categorizer.model_dir)
-        self.device = str(getattr(categorizer.load(), "device", "cuda"))  # exllamav2 spreads over its cards
+        self.device: str | None = None  # known once the model is loaded, when the app starts
         self.counts = RequestCounts()
         self.slots = CallSlots(1, settings.max_waiting, self.counts, "categorizer")
         self.started_at = dt.datetime.now(dt.UTC)
@@ -63,6 +63,9 @@ class CategorizerService:
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
         async with self.slots.open():
+            # The model's thread loads it too: on CPU, torch work from a second thread (a second OpenMP team) made
+            # every later call a sixth slower, so the model is never touched from any other thread.
+            self.device = await self.slots.call(self._load)
             log.info(
                 "categorising with %s (%s backend on %s), adapter %s",
                 self.model,
@@ -76,6 +79,9 @@ class CategorizerService:
         """The adapter in use now (a moved `current` link is followed, as in-process runs follow it)."""
         adapter = self.categorizer.trained_adapter()
         return str(Path(adapter).resolve()) if adapter else None
+
+    def _load(self) -> str:
+        return str(getattr(self.categorizer.load(), "device", "cuda"))  # exllamav2 spreads over its cards
 
     def _categorize(self, texts: Sequence[str]) -> tuple[list, str | None]:
         return self.categorizer.categorize(texts), self.adapter()
@@ -132,8 +138,8 @@ class CategorizerService:
 def create_app(
     categorizer: LocalCategorizerResource, token: str | None, settings: ServerSettings | None = None
 ) -> Starlette:
-    """The ASGI app around `categorizer` (loaded here unless it already is). `token` None serves without
-    authentication."""
+    """The ASGI app around `categorizer`, which the model's thread loads when the app starts. `token` None serves
+    without authentication."""
     settings = settings or ServerSettings()
     service = CategorizerService(categorizer, settings)
     routes = [

@@ -34,6 +34,7 @@ Results go to --out (default benchmarks/results/pipeline.json) and are printed a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -128,9 +129,17 @@ def counts(engine) -> tuple[int, int]:
     return status["processed"], status["failed_permanently"]
 
 
+def part_of_the_pipeline(process: psutil.Process) -> str:
+    """What a process of the daemon's tree is: the daemon, its code server, or a run (and what a run starts)."""
+    command = " ".join(process.cmdline())
+    if "dagster-daemon" in command:
+        return "daemon"
+    return "code server" if "api grpc" in command else "runs"
+
+
 class Daemon:
     """`dagster-daemon run` on its own DAGSTER_HOME with the project's instance config; samples the RSS of its process
-    tree."""
+    tree, and the CPU time of each process in it and of the `watched` others (this script, a categoriser server)."""
 
     def __init__(self, home: Path, environment: dict[str, str]):
         self.home = home
@@ -139,6 +148,8 @@ class Daemon:
         self.process = self.daemon.process
         self.peak_rss_gib = 0.0
         self.peak_process_rss_gib = 0.0
+        self.watched = {psutil.Process().pid: "benchmark (polling)"}
+        self.cpu_s: dict[int, tuple[str, float]] = {}  # pid: (part, user + system seconds at the last sample)
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         """Until the categorisation sensor has ticked once: the pipeline is up and idle."""
@@ -153,11 +164,28 @@ class Daemon:
         sizes = []
         for process in tree:
             try:
-                sizes.append(process.memory_info().rss / 2**30)
+                with process.oneshot():
+                    sizes.append(process.memory_info().rss / 2**30)
+                    self._count_cpu(process, self.cpu_s.get(process.pid, (None,))[0] or part_of_the_pipeline(process))
             except psutil.NoSuchProcess:
                 pass
+        for pid, part in self.watched.items():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                self._count_cpu(psutil.Process(pid), part)
         self.peak_rss_gib = max(self.peak_rss_gib, sum(sizes))
         self.peak_process_rss_gib = max(self.peak_process_rss_gib, max(sizes, default=0.0))
+
+    def _count_cpu(self, process: psutil.Process, part: str) -> None:
+        times = process.cpu_times()
+        self.cpu_s[process.pid] = (part, times.user + times.system)
+
+    def cpu_since(self, then: dict[int, tuple[str, float]]) -> dict[str, float]:
+        """CPU seconds each part used since the samples `then` (a copy of `cpu_s`); a process that ended between
+        two samples is counted up to its last one."""
+        used: dict[str, float] = {}
+        for pid, (part, seconds) in self.cpu_s.items():
+            used[part] = used.get(part, 0.0) + seconds - then.get(pid, (part, 0.0))[1]
+        return {part: round(seconds, 1) for part, seconds in sorted(used.items())}
 
     def stop(self) -> None:
         self.daemon.stop()
@@ -174,19 +202,34 @@ def wait_until(condition, timeout_s: float, on_poll=lambda: None, every_s: float
     return None
 
 
+# A run's milestones, in order, from its creation by the sensor to its first committed batch.
+MILESTONES = ["RUN_STARTING", "RUN_START", "STEP_START", "ASSET_OBSERVATION"]
+START_PHASES = ["sensor", "queue", "run process", "step start", "model and first batch"]
+
+
 def run_records(home: Path) -> list[dict]:
-    """Each categorisation run: its wall time and the time its batches took (from the batches' observations)."""
+    """Each categorisation run: its wall time, the time its batches took (from the batches' observations), when it
+    was created and when it reached each milestone, and each batch's commit time and seconds (epoch seconds)."""
     script = f"""
 import json, dagster as dg
 from dagster._core.events import DagsterEventType
 with dg.DagsterInstance.get() as instance:
     rows = []
     for record in instance.get_run_records(dg.RunsFilter(job_name={JOB!r})):
-        events = instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.ASSET_OBSERVATION)
-        batch_s = sum(e.dagster_event.event_specific_data.asset_observation.metadata["seconds"].value for e in events)
+        events = instance.all_logs(record.dagster_run.run_id)
+        observations = [e for e in events if e.dagster_event_type == DagsterEventType.ASSET_OBSERVATION]
+        batch_s = sum(e.dagster_event.event_specific_data.asset_observation.metadata["seconds"].value
+                      for e in observations)
         wall_s = (record.end_time or 0) - (record.start_time or 0)
-        rows.append({{"status": record.dagster_run.status.value, "wall_s": wall_s, "batches": len(events),
-                     "batch_s": batch_s}})
+        reached = {{}}
+        for event in events:
+            if event.is_dagster_event and event.dagster_event_type.name in {MILESTONES!r}:
+                reached.setdefault(event.dagster_event_type.name, event.timestamp)
+        batches = [[e.timestamp, e.dagster_event.event_specific_data.asset_observation.metadata["seconds"].value]
+                   for e in observations]
+        rows.append({{"status": record.dagster_run.status.value, "wall_s": wall_s, "batches": len(observations),
+                     "batch_s": batch_s, "created": record.create_timestamp.timestamp(), "reached": reached,
+                     "committed": batches}})
     print(json.dumps(rows))
 """
     output = subprocess.run(
@@ -195,6 +238,18 @@ with dg.DagsterInstance.get() as instance:
     if output.returncode:
         raise RuntimeError(output.stderr[-2000:])
     return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def start_phases(runs: list[dict], inserted: float) -> dict[str, float] | None:
+    """Where the time to the first category went, for the first run created after `inserted` (epoch seconds):
+    the sensor's tick, the run queue, the run's process and code location, the step's start, and the step's
+    resources and model up to its first committed batch (that batch included)."""
+    first = min((run for run in runs if run["created"] >= inserted), key=lambda run: run["created"], default=None)
+    if first is None or set(MILESTONES) - set(first["reached"]):
+        return None
+    times = [inserted, first["created"], *(first["reached"][name] for name in MILESTONES)]
+    spans = zip(START_PHASES, times[:-1], times[1:], strict=True)
+    return {name: round(later - earlier, 1) for name, earlier, later in spans}
 
 
 def active_runs(home: Path) -> int:
@@ -271,11 +326,15 @@ def through_daemon(
     home = folder / "dagster_home"
     home.mkdir()
     daemon = Daemon(home, environment)
+    if server:
+        daemon.watched[server.process.pid] = "categorizer server"
     report = {"database": kind, "backend": BACKENDS[backend], "items": len(items)}
     try:
         daemon.wait_ready()
+        daemon.sample()
+        idle_cpu = dict(daemon.cpu_s)
         db.insert_new(engine, items)
-        inserted = time.perf_counter()
+        inserted, inserted_at = time.perf_counter(), time.time()
         first = wait_until(lambda: counts(engine)[0] > 0, timeout_s, daemon.sample)
         done = wait_until(lambda: sum(counts(engine)) >= len(items), timeout_s, daemon.sample)
         if first is None or done is None:
@@ -288,6 +347,7 @@ def through_daemon(
             categorized=categorised,
             failed=failed,
             items_per_s=round(len(items) / total_s, 2),
+            cpu_s=daemon.cpu_since(idle_cpu),
         )
         # Lingering: the noticias of a stream, one every 2 s after the backlog, while the run that drained it waits.
         # Otherwise: an idle pipeline (no run alive), one new noticia at a time.
@@ -319,7 +379,13 @@ def through_daemon(
             server.stop()
     runs = run_records(home)
     overheads = [run["wall_s"] - run["batch_s"] for run in runs if run["batches"]]
+    backlog_end = inserted_at + report["total_s"] + 1
     report.update(
+        start_phases_s=start_phases(runs, inserted_at),
+        # The model's share: each backlog batch's categorisation (the model, or the service's answer), not its commit.
+        backlog_batches_s=round(
+            sum(seconds for run in runs for at, seconds in run["committed"] if inserted_at <= at <= backlog_end), 1
+        ),
         runs=len(runs),
         batches=sum(run["batches"] for run in runs),
         per_run_overhead_s=round(sum(overheads) / len(overheads), 1) if overheads else None,
@@ -365,6 +431,7 @@ def main() -> None:
     for report in pipelines:
         report["ratio_to_in_process"] = round(report["items_per_s"] / in_process["items_per_s"], 2)
         report["ratio_to_in_process_with_load"] = round(report["items_per_s"] / in_process["items_per_s_with_load"], 2)
+        report["batches_to_in_process_time"] = round(report["backlog_batches_s"] / in_process["categorize_s"], 2)
         if "busy_items_per_s" in report:
             report["busy_ratio_to_in_process"] = round(report["busy_items_per_s"] / in_process["items_per_s"], 2)
     result = {
@@ -383,6 +450,9 @@ def main() -> None:
             "× in-process": report["ratio_to_in_process"],
             "× in-process with load": report["ratio_to_in_process_with_load"],
             "first category s": report["first_category_s"],
+            "start: " + " / ".join(START_PHASES) + " s": " / ".join(
+                str(seconds) for seconds in (report["start_phases_s"] or {}).values()
+            ),
             "single item s": report.get("single_item_latency_s", ""),
             "stream item s": report.get("stream_item_latency_s", ""),
             "busy: items/s (× in-process)": (

@@ -12,20 +12,25 @@ one process per run):
    took), peak RSS of the daemon's process tree;
 4. with the pipeline idle, single noticias are inserted one at a time: seconds until each has its category.
 
-Each database is measured three times: with the embedded default (each run loads the model), with the resident
-service (`newsllm categorizer-server` holds the model; runs are thin clients, NEWSLLM_BACKEND=remote), and with the
-default lingering (NEWSLLM_RUN_LINGER_S=--linger-s): step 4 is then a stream, one noticia every 2 s arriving while
-the run that drained the backlog waits for more, and then N further noticias arrive at once on that busy pipeline
-(the run still alive): their items/s is the rate of a site with a steady stream, not of one that was idle.
+Each database is measured four times: with the embedded default (each run loads the model), with the resident
+service (`newsllm categorizer-server` holds the model; runs are thin clients, NEWSLLM_BACKEND=remote), and each of
+those with lingering runs (NEWSLLM_RUN_LINGER_S=--linger-s): step 4 is then a stream, one noticia every 2 s
+arriving while the run that drained the backlog waits for more, and then a second backlog (the next headlines,
+up to N) arrives at once on that warm pipeline (the run still alive): its items/s is the rate of a site whose
+run is waiting, not of one that was idle.
 
 In the same run the in-process rate is measured on the same items with the same model and settings (the site's
-categoriser from `categorizer_from_settings`, loaded once, batches of `NEWSLLM_BATCH_SIZE`): the ratio of the
-end-to-end rate to it is the share of the model's speed the pipeline delivers (reported against the rate with the
-model already loaded, and with its load counted, as `newsllm categorize` pays it). Everything runs few-shot (no
-adapter), with the default categoriser model.
+categoriser from `categorizer_from_settings`, loaded once, batches of `NEWSLLM_BATCH_SIZE`), again just before
+each pipeline (these machines are shared, and their speed drifts by a tenth from minute to minute): the ratio of
+the end-to-end rate to that neighbouring measurement is the share of the model's speed the pipeline delivers
+(reported against the rate with the model already loaded, and with its load counted, as `newsllm categorize` pays
+it). Each report also says where the time to the first category went (the run's events), how long the backlog's
+batches took against the same items in process, and the CPU seconds of each process. Everything runs few-shot
+(no adapter), with the default categoriser model.
 
     .venv/bin/python benchmarks/pipeline.py [--n 500] [--databases postgresql sqlite]
-                                            [--backends local remote lingering] [--latency-probes 2] [--linger-s 60]
+                                            [--backends local remote lingering remote-lingering]
+                                            [--latency-probes 2] [--linger-s 60]
     make bench
 
 Results go to --out (default benchmarks/results/pipeline.json) and are printed as a summary.
@@ -98,29 +103,39 @@ def site_environment(folder: Path, url: str) -> dict[str, str]:
     }
 
 
-def in_process_rate(items: list[dict], environment: dict[str, str]) -> dict:
-    """The site's categoriser in this process, batch by batch, as a draining run would call it."""
-    os.environ.update(environment)
-    from newsllm_pipeline.categorizer import item_text
-    from newsllm_pipeline.resources.noticias import categorizer_from_settings
-    from newsllm_pipeline.settings import setting
+class InProcess:
+    """The site's categoriser loaded in this process (from `categorizer_from_settings`), called batch by batch as a
+    draining run calls it: the baseline, measured again beside each pipeline, because these machines are shared
+    and their speed drifts from minute to minute."""
 
-    started = time.perf_counter()
-    categorizer = categorizer_from_settings(resolve_now=True)
-    categorizer.load()
-    loaded = time.perf_counter()
-    size = int(setting("BATCH_SIZE"))
-    texts = [item_text(item["titulo"], item["resumen"]) for item in items]
-    for start in range(0, len(texts), size):
-        categorizer.categorize(texts[start : start + size])
-    done = time.perf_counter()
-    return {
-        "items": len(texts),
-        "load_s": round(loaded - started, 2),
-        "categorize_s": round(done - loaded, 2),
-        "items_per_s": round(len(texts) / (done - loaded), 2),
-        "items_per_s_with_load": round(len(texts) / (done - started), 2),
-    }
+    def __init__(self, environment: dict[str, str]):
+        os.environ.update(environment)
+        from newsllm_pipeline.resources.noticias import categorizer_from_settings
+        from newsllm_pipeline.settings import setting
+
+        started = time.perf_counter()
+        self.categorizer = categorizer_from_settings(resolve_now=True)
+        self.categorizer.load()
+        self.load_s = time.perf_counter() - started
+        self.size = int(setting("BATCH_SIZE"))
+
+    def seconds(self, backlog: list[dict]) -> float:
+        from newsllm_pipeline.categorizer import item_text
+
+        texts = [item_text(item["titulo"], item["resumen"]) for item in backlog]
+        started = time.perf_counter()
+        for start in range(0, len(texts), self.size):
+            self.categorizer.categorize(texts[start : start + self.size])
+        return time.perf_counter() - started
+
+    def rate(self, backlog: list[dict]) -> dict:
+        seconds = self.seconds(backlog)
+        return {
+            "items": len(backlog),
+            "categorize_s": round(seconds, 2),
+            "items_per_s": round(len(backlog) / seconds, 2),
+            "items_per_s_with_load": round(len(backlog) / (seconds + self.load_s), 2),
+        }
 
 
 def counts(engine) -> tuple[int, int]:
@@ -209,7 +224,7 @@ START_PHASES = ["sensor", "queue", "run process", "step start", "model and first
 
 def run_records(home: Path) -> list[dict]:
     """Each categorisation run: its wall time, the time its batches took (from the batches' observations), when it
-    was created and when it reached each milestone, and each batch's commit time and seconds (epoch seconds)."""
+    was created and when it reached each milestone, and each batch's commit time (epoch), seconds and items."""
     script = f"""
 import json, dagster as dg
 from dagster._core.events import DagsterEventType
@@ -225,8 +240,8 @@ with dg.DagsterInstance.get() as instance:
         for event in events:
             if event.is_dagster_event and event.dagster_event_type.name in {MILESTONES!r}:
                 reached.setdefault(event.dagster_event_type.name, event.timestamp)
-        batches = [[e.timestamp, e.dagster_event.event_specific_data.asset_observation.metadata["seconds"].value]
-                   for e in observations]
+        batches = [[e.timestamp, *(e.dagster_event.event_specific_data.asset_observation.metadata[key].value
+                    for key in ("seconds", "claimed"))] for e in observations]
         rows.append({{"status": record.dagster_run.status.value, "wall_s": wall_s, "batches": len(observations),
                      "batch_s": batch_s, "created": record.create_timestamp.timestamp(), "reached": reached,
                      "committed": batches}})
@@ -296,7 +311,12 @@ class CategorizerServer:
         self.log.close()
 
 
-BACKENDS = {"local": "model in the run", "remote": "resident service", "lingering": "model in the run, lingering"}
+BACKENDS = {
+    "local": "model in the run",
+    "remote": "resident service",
+    "lingering": "model in the run, lingering",
+    "remote-lingering": "resident service, lingering",
+}
 
 
 def through_daemon(
@@ -304,20 +324,21 @@ def through_daemon(
     backend: str,
     items: list[dict],
     probes: list[dict],
-    busy: list[dict],
+    warm: list[dict],
     folder: Path,
     timeout_s: float,
     linger_s: float,
 ) -> dict:
     """The backlog `items` on an idle pipeline, then `probes` one at a time; lingering, the probes are a stream and
-    `busy` (as many again) a second backlog inserted while the run that took the stream still waits."""
+    `warm` (the next headlines) a second backlog inserted while the run that took the stream still waits."""
     url = database_url(kind, folder)
     environment = site_environment(folder, url)
     server = None
-    if backend == "remote":
+    lingering = backend.endswith("lingering")
+    if backend.startswith("remote"):
         server = CategorizerServer(environment, folder / "categorizer_server.log")
         environment.update(NEWSLLM_BACKEND="remote", NEWSLLM_CATEGORIZER_URL=server.url)
-    if backend == "lingering":
+    if lingering:
         # A run's time budget long enough for the whole measurement: the second backlog is then taken by the run
         # that lingered, not split by its end (on a slow CPU, 500 + 500 items outlast the default 300 s).
         environment.update(NEWSLLM_RUN_LINGER_S=str(int(linger_s)), NEWSLLM_RUN_TIME_BUDGET_S="3600")
@@ -351,7 +372,7 @@ def through_daemon(
         )
         # Lingering: the noticias of a stream, one every 2 s after the backlog, while the run that drained it waits.
         # Otherwise: an idle pipeline (no run alive), one new noticia at a time.
-        stream = backend == "lingering"
+        stream = lingering
         latencies = []
         for probe in probes:
             if stream:
@@ -365,12 +386,12 @@ def through_daemon(
         report["stream_item_latency_s" if stream else "single_item_latency_s"] = latencies
         if stream:
             before = sum(counts(engine))
-            db.insert_new(engine, busy)
+            db.insert_new(engine, warm)
             inserted = time.perf_counter()
-            done = wait_until(lambda: sum(counts(engine)) >= before + len(busy), timeout_s, daemon.sample)
+            done = wait_until(lambda: sum(counts(engine)) >= before + len(warm), timeout_s, daemon.sample)
             if done is None:
                 raise RuntimeError(f"{kind}: the second backlog was not categorised within {timeout_s} s")
-            report["busy_items_per_s"] = round(len(busy) / (time.perf_counter() - inserted), 2)
+            report["warm_items_per_s"] = round(len(warm) / (time.perf_counter() - inserted), 2)
     finally:
         daemon.stop()
         engine.dispose()
@@ -380,12 +401,12 @@ def through_daemon(
     runs = run_records(home)
     overheads = [run["wall_s"] - run["batch_s"] for run in runs if run["batches"]]
     backlog_end = inserted_at + report["total_s"] + 1
+    # The model's share: the backlog batches' categorisation (the model, or the service's answer; not the commits),
+    # leaving out each run's first batch, which loads the model.
+    batches = [batch for run in runs for batch in run["committed"][1:] if inserted_at <= batch[0] <= backlog_end]
     report.update(
         start_phases_s=start_phases(runs, inserted_at),
-        # The model's share: each backlog batch's categorisation (the model, or the service's answer), not its commit.
-        backlog_batches_s=round(
-            sum(seconds for run in runs for at, seconds in run["committed"] if inserted_at <= at <= backlog_end), 1
-        ),
+        backlog_batches={"items": sum(items for _, _, items in batches), "s": sum(s for _, s, _ in batches)},
         runs=len(runs),
         batches=sum(run["batches"] for run in runs),
         per_run_overhead_s=round(sum(overheads) / len(overheads), 1) if overheads else None,
@@ -393,6 +414,22 @@ def through_daemon(
         peak_process_rss_gib=round(daemon.peak_process_rss_gib, 2),
     )
     return report
+
+
+def compare(report: dict, beside: dict, warm: dict | None) -> None:
+    """The pipeline's rates as shares of the in-process ones measured just before it (`warm`: on the second
+    backlog's items, just after)."""
+    report["in_process_beside"] = beside
+    report["ratio_to_in_process"] = round(report["items_per_s"] / beside["items_per_s"], 2)
+    report["ratio_to_in_process_with_load"] = round(report["items_per_s"] / beside["items_per_s_with_load"], 2)
+    batches = report.pop("backlog_batches")
+    # > 1: the model ran slower in the pipeline's run (or through the service) than alone in this process.
+    report["batches_to_in_process_time"] = round(
+        batches["s"] / (beside["categorize_s"] * batches["items"] / beside["items"]), 2
+    )
+    if warm:
+        report["in_process_beside_warm"] = warm
+        report["warm_ratio_to_in_process"] = round(report["warm_items_per_s"] / warm["items_per_s"], 2)
 
 
 def main() -> None:
@@ -404,8 +441,8 @@ def main() -> None:
         nargs="+",
         default=list(BACKENDS),
         choices=list(BACKENDS),
-        help="local: each run loads the model; remote: runs call a resident categoriser server; lingering: local "
-        "with NEWSLLM_RUN_LINGER_S, the probes then a stream arriving while the run waits",
+        help="local: each run loads the model; remote: runs call a resident categoriser server; *lingering: with "
+        "NEWSLLM_RUN_LINGER_S, the probes then a stream arriving while the run waits, then a second backlog",
     )
     parser.add_argument("--linger-s", type=float, default=60, help="NEWSLLM_RUN_LINGER_S of the lingering backend")
     parser.add_argument("--latency-probes", type=int, default=2, help="single noticias inserted on an idle pipeline")
@@ -415,25 +452,21 @@ def main() -> None:
 
     items = headlines(args.n)
     probes = headlines(args.latency_probes, offset=args.n)
-    busy = headlines(args.n, offset=args.n + args.latency_probes)  # the lingering backend's second backlog
+    warm = headlines(args.n, offset=args.n + args.latency_probes)  # the lingering backend's second backlog
     with tempfile.TemporaryDirectory(prefix="newsllm-bench-") as scratch:
         reference = Path(scratch) / "in_process"
         reference.mkdir()
-        in_process = in_process_rate(items, site_environment(reference, database_url("sqlite", reference)))
+        baseline = InProcess(site_environment(reference, database_url("sqlite", reference)))
+        in_process = {"load_s": round(baseline.load_s, 2), **baseline.rate(items)}
         pipelines = []
         for kind in args.databases:
             for backend in args.backends:
                 folder = Path(scratch) / f"{kind}-{backend}"
                 folder.mkdir()
-                pipelines.append(
-                    through_daemon(kind, backend, items, probes, busy, folder, args.timeout, args.linger_s)
-                )
-    for report in pipelines:
-        report["ratio_to_in_process"] = round(report["items_per_s"] / in_process["items_per_s"], 2)
-        report["ratio_to_in_process_with_load"] = round(report["items_per_s"] / in_process["items_per_s_with_load"], 2)
-        report["batches_to_in_process_time"] = round(report["backlog_batches_s"] / in_process["categorize_s"], 2)
-        if "busy_items_per_s" in report:
-            report["busy_ratio_to_in_process"] = round(report["busy_items_per_s"] / in_process["items_per_s"], 2)
+                beside = baseline.rate(items)
+                report = through_daemon(kind, backend, items, probes, warm, folder, args.timeout, args.linger_s)
+                compare(report, beside, baseline.rate(warm) if "warm_items_per_s" in report else None)
+                pipelines.append(report)
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
@@ -447,6 +480,7 @@ def main() -> None:
         {
             "path": f"daemon, {report['database']}, {report['backend']}",
             "items/s": report["items_per_s"],
+            "in-process items/s beside": report["in_process_beside"]["items_per_s"],
             "× in-process": report["ratio_to_in_process"],
             "× in-process with load": report["ratio_to_in_process_with_load"],
             "first category s": report["first_category_s"],
@@ -455,9 +489,9 @@ def main() -> None:
             ),
             "single item s": report.get("single_item_latency_s", ""),
             "stream item s": report.get("stream_item_latency_s", ""),
-            "busy: items/s (× in-process)": (
-                f"{report['busy_items_per_s']} ({report['busy_ratio_to_in_process']})"
-                if "busy_items_per_s" in report
+            "warm backlog: items/s (× in-process)": (
+                f"{report['warm_items_per_s']} ({report['warm_ratio_to_in_process']})"
+                if "warm_items_per_s" in report
                 else ""
             ),
             "runs": report["runs"],

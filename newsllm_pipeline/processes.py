@@ -4,6 +4,7 @@ whole group (the daemon's code server and the runs it launched, the worker's poo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -39,8 +40,10 @@ class LoggedProcess:
             time.sleep(0.25)
         return time.monotonic() - started
 
-    def stop(self, timeout_s: float = 60) -> None:
-        """SIGTERM to the whole group (a clean shutdown), SIGKILL if it is still there after `timeout_s`."""
+    def stop(self, timeout_s: float = 60, stragglers_s: float = 5) -> None:
+        """SIGTERM to the whole group (a clean shutdown), SIGKILL if it is still there after `timeout_s`. What of the
+        group outlives its leader by `stragglers_s` is killed too: a Dagster code server waits for its heartbeat
+        timeout before it exits, and one whose instance storage is gone by then never does."""
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=timeout_s)
@@ -49,6 +52,13 @@ class LoggedProcess:
             self.process.wait()
         except ProcessLookupError:
             pass
+        deadline = time.monotonic() + stragglers_s
+        while _group_alive(self.process.pid):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                break
+            time.sleep(0.1)
         self._log_file.close()
 
     def __enter__(self) -> LoggedProcess:
@@ -56,6 +66,14 @@ class LoggedProcess:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def dagster_daemon(home: Path, env: dict[str, str], log: Path | None = None) -> LoggedProcess:

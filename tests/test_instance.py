@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from newsllm_pipeline import db
 from newsllm_pipeline.jobs.noticias import categorize_noticias_job, reprocess_noticias_job
-from newsllm_pipeline.processes import dagster_daemon
+from newsllm_pipeline.processes import LoggedProcess, dagster_daemon
 from newsllm_pipeline.resources.noticias import NoticiasDatabase
 from tests.conftest import sample_rows
 
@@ -121,6 +121,23 @@ def test_the_daemon_keeps_ticks_runs_and_events_in_postgresql(postgres_home, tmp
         }
     assert found["run"] == 1 and found["events"] > 10, found
     assert found["sensor ticks"] >= 2 and found["ticks that launched"] >= 1, found
+
+
+def test_stopping_a_daemon_leaves_nothing_of_its_process_group(tmp_path):
+    """A leader that ends on SIGTERM and a child that ignores it (as a Dagster code server can outlive the daemon
+    that started it): stop() kills what is left of the group."""
+    command = ["sh", "-c", '(trap "" TERM; sleep 60) & exec sleep 60']
+    process = LoggedProcess(command, tmp_path / "group.log")
+    time.sleep(0.5)
+    process.stop(stragglers_s=1)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            os.killpg(process.process.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a process of the group is still running"
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("settings", [{}, {"DAGSTER_PG_HOST": "db.example"}], ids=["sqlite", "postgresql"])

@@ -49,6 +49,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -222,37 +223,39 @@ MILESTONES = ["RUN_STARTING", "RUN_START", "STEP_START", "ASSET_OBSERVATION"]
 START_PHASES = ["sensor", "queue", "run process", "step start", "model and first batch"]
 
 
-def run_records(home: Path) -> list[dict]:
-    """Each categorisation run: its wall time, the time its batches took (from the batches' observations), when it
-    was created and when it reached each milestone, and each batch's commit time (epoch), seconds and items."""
-    script = f"""
-import json, dagster as dg
-from dagster._core.events import DagsterEventType
-with dg.DagsterInstance.get() as instance:
-    rows = []
-    for record in instance.get_run_records(dg.RunsFilter(job_name={JOB!r})):
-        events = instance.all_logs(record.dagster_run.run_id)
-        observations = [e for e in events if e.dagster_event_type == DagsterEventType.ASSET_OBSERVATION]
-        batch_s = sum(e.dagster_event.event_specific_data.asset_observation.metadata["seconds"].value
-                      for e in observations)
-        wall_s = (record.end_time or 0) - (record.start_time or 0)
-        reached = {{}}
-        for event in events:
-            if event.is_dagster_event and event.dagster_event_type.name in {MILESTONES!r}:
-                reached.setdefault(event.dagster_event_type.name, event.timestamp)
-        batches = [[e.timestamp, *(e.dagster_event.event_specific_data.asset_observation.metadata[key].value
-                    for key in ("seconds", "claimed"))] for e in observations]
-        rows.append({{"status": record.dagster_run.status.value, "wall_s": wall_s, "batches": len(observations),
-                     "batch_s": batch_s, "created": record.create_timestamp.timestamp(), "reached": reached,
-                     "committed": batches}})
-    print(json.dumps(rows))
-"""
+def instance_query(home: Path, body: str):
+    """What `body` prints as its last line (JSON), run against the instance in `home` in a fresh interpreter (the
+    daemon owns that instance; this script keeps Dagster's state out of its own process)."""
+    script = f"import json, dagster as dg\nwith dg.DagsterInstance.get() as instance:\n{textwrap.indent(body, '    ')}"
     output = subprocess.run(
         [sys.executable, "-c", script], env={**os.environ, "DAGSTER_HOME": str(home)}, capture_output=True, text=True
     )
     if output.returncode:
         raise RuntimeError(output.stderr[-2000:])
     return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+def run_records(home: Path) -> list[dict]:
+    """Each categorisation run: its wall time, when it was created and when it reached each milestone, and each of
+    its batches (from their observations): commit time (epoch), seconds and items."""
+    return instance_query(
+        home,
+        f"""
+from dagster._core.events import DagsterEventType
+rows = []
+for record in instance.get_run_records(dg.RunsFilter(job_name={JOB!r})):
+    reached, committed = {{}}, []
+    for event in instance.all_logs(record.dagster_run.run_id):
+        if event.is_dagster_event and event.dagster_event_type.name in {MILESTONES!r}:
+            reached.setdefault(event.dagster_event_type.name, event.timestamp)
+        if event.dagster_event_type == DagsterEventType.ASSET_OBSERVATION:
+            metadata = event.dagster_event.event_specific_data.asset_observation.metadata
+            committed.append([event.timestamp, metadata["seconds"].value, metadata["claimed"].value])
+    rows.append({{"wall_s": (record.end_time or 0) - (record.start_time or 0),
+                 "created": record.create_timestamp.timestamp(), "reached": reached, "committed": committed}})
+print(json.dumps(rows))
+""",
+    )
 
 
 def start_phases(runs: list[dict], inserted: float) -> dict[str, float] | None:
@@ -268,7 +271,13 @@ def start_phases(runs: list[dict], inserted: float) -> dict[str, float] | None:
 
 
 def active_runs(home: Path) -> int:
-    return sum(1 for run in run_records(home) if run["status"] in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED"))
+    return instance_query(
+        home,
+        f"""
+active = [dg.DagsterRunStatus(status) for status in ("QUEUED", "NOT_STARTED", "STARTING", "STARTED")]
+print(instance.get_runs_count(dg.RunsFilter(job_name={JOB!r}, statuses=active)))
+""",
+    )
 
 
 class CategorizerServer:
@@ -372,10 +381,9 @@ def through_daemon(
         )
         # Lingering: the noticias of a stream, one every 2 s after the backlog, while the run that drained it waits.
         # Otherwise: an idle pipeline (no run alive), one new noticia at a time.
-        stream = lingering
         latencies = []
         for probe in probes:
-            if stream:
+            if lingering:
                 time.sleep(2)
             else:
                 wait_until(lambda: active_runs(home) == 0, 120, daemon.sample, every_s=2)
@@ -383,8 +391,8 @@ def through_daemon(
             db.insert_new(engine, [probe])
             latency = wait_until(lambda done=before: sum(counts(engine)) > done, timeout_s, daemon.sample, every_s=0.05)
             latencies.append(round(latency, 1) if latency is not None else None)
-        report["stream_item_latency_s" if stream else "single_item_latency_s"] = latencies
-        if stream:
+        report["stream_item_latency_s" if lingering else "single_item_latency_s"] = latencies
+        if lingering:
             before = sum(counts(engine))
             db.insert_new(engine, warm)
             inserted = time.perf_counter()
@@ -399,7 +407,7 @@ def through_daemon(
             report["server_rss_gib"] = round(server.rss_gib(), 2)
             server.stop()
     runs = run_records(home)
-    overheads = [run["wall_s"] - run["batch_s"] for run in runs if run["batches"]]
+    overheads = [run["wall_s"] - sum(s for _, s, _ in run["committed"]) for run in runs if run["committed"]]
     backlog_end = inserted_at + report["total_s"] + 1
     # The model's share: the backlog batches' categorisation (the model, or the service's answer; not the commits),
     # leaving out each run's first batch, which loads the model.
@@ -408,7 +416,7 @@ def through_daemon(
         start_phases_s=start_phases(runs, inserted_at),
         backlog_batches={"items": sum(items for _, _, items in batches), "s": sum(s for _, s, _ in batches)},
         runs=len(runs),
-        batches=sum(run["batches"] for run in runs),
+        batches=sum(len(run["committed"]) for run in runs),
         per_run_overhead_s=round(sum(overheads) / len(overheads), 1) if overheads else None,
         peak_rss_gib=round(daemon.peak_rss_gib, 2),
         peak_process_rss_gib=round(daemon.peak_process_rss_gib, 2),

@@ -53,7 +53,7 @@ class LoggedProcess:
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + stragglers_s
-        while _group_alive(self.process.pid):
+        while group_alive(self.process.pid):
             if time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.process.pid, signal.SIGKILL)
@@ -68,7 +68,8 @@ class LoggedProcess:
         self.stop()
 
 
-def _group_alive(group: int) -> bool:
+def group_alive(group: int) -> bool:
+    """Whether any process of the process group `group` is still there."""
     try:
         os.killpg(group, 0)
     except ProcessLookupError:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from newsllm_pipeline import db
 from newsllm_pipeline.jobs.noticias import categorize_noticias_job, reprocess_noticias_job
-from newsllm_pipeline.processes import LoggedProcess, dagster_daemon
+from newsllm_pipeline.processes import LoggedProcess, dagster_daemon, group_alive
 from newsllm_pipeline.resources.noticias import NoticiasDatabase
 from tests.conftest import sample_rows
 
@@ -131,11 +131,7 @@ def test_stopping_a_daemon_leaves_nothing_of_its_process_group(tmp_path):
     time.sleep(0.5)
     process.stop(stragglers_s=1)
     deadline = time.monotonic() + 5
-    while True:
-        try:
-            os.killpg(process.process.pid, 0)
-        except ProcessLookupError:
-            break
+    while group_alive(process.process.pid):
         assert time.monotonic() < deadline, "a process of the group is still running"
         time.sleep(0.1)
 
